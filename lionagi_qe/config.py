@@ -1,0 +1,71 @@
+"""Settings: every knob in one place, read from ``AQE_*`` environment variables or ``.env``.
+
+Only the edges (``open_memory``, the CLI, Alembic's ``env.py``, test fixtures) read settings;
+lower layers take plain values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["DEFAULT_DATABASE_URL", "Settings", "mask_url"]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./aqe-memory.db"
+
+
+def mask_url(url: str | None) -> str | None:
+    """Return ``url`` with any password replaced by ``***``."""
+    if url is None:
+        return None
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not an SQLAlchemy URL (e.g. redis://): mask the userinfo by hand.
+        scheme, sep, rest = url.partition("://")
+        if not sep or "@" not in rest:
+            return url
+        userinfo, _, host = rest.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url
+
+
+class Settings(BaseSettings):
+    """Configuration of lionagi_qe (environment prefix ``AQE_``; ``.env`` is read too)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AQE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL; the default is an embedded SQLite file.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; set it to put a cache tier in front of SQL."
+    )
+    pool_size: int = Field(default=10, ge=1)
+    max_overflow: int = Field(default=0, ge=0)
+    pool_timeout: float = Field(default=30.0, gt=0)
+    pool_recycle: float = Field(default=1800.0, description="Seconds; -1 disables recycling.")
+    statement_timeout: float | None = Field(
+        default=None, gt=0, description="Seconds a PostgreSQL statement may run; None = server's."
+    )
+    namespace: str = Field(default="aqe/", min_length=1)
+    cache_ttl: float = Field(default=300.0, gt=0, description="Longest life of a cache entry.")
+    redis_socket_timeout: float = Field(default=0.25, gt=0)
+    redis_socket_connect_timeout: float = Field(default=0.25, gt=0)
+    max_value_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Yield the fields for ``repr`` with passwords masked."""
+        for name, value in super().__repr_args__():
+            if name in {"database_url", "redis_url"}:
+                yield name, mask_url(value)
+            else:
+                yield name, value

@@ -1,0 +1,112 @@
+"""Engines: URL normalisation, pool options and per-dialect connection setup."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import URL, event, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool, StaticPool
+
+from lionagi_qe.errors import PersistenceError
+
+__all__ = ["create_engine", "is_sqlite", "normalize_url"]
+
+logger = logging.getLogger(__name__)
+
+_ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+#: Milliseconds SQLite waits for another writer's lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url`` and give it an async driver (``postgresql://`` → asyncpg, ``sqlite://`` →
+    aiosqlite)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise PersistenceError("invalid database URL") from exc
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is not None:
+        parsed = parsed.set(drivername=driver)
+    if parsed.get_backend_name() not in {"postgresql", "sqlite"}:
+        raise PersistenceError(
+            f"unsupported database {parsed.get_backend_name()!r}: use PostgreSQL or SQLite"
+        )
+    return parsed
+
+
+def is_sqlite(url: URL) -> bool:
+    """True for an SQLite URL."""
+    return url.get_backend_name() == "sqlite"
+
+
+def _setup_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the writer; busy_timeout makes writers queue instead of
+        # failing; foreign keys are off by default in SQLite; LIKE must be case-sensitive to
+        # match the glob language exactly.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA case_sensitive_like=ON")
+        cursor.close()
+
+
+def create_engine(
+    url: str | URL,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 0,
+    pool_timeout: float = 30.0,
+    pool_recycle: float = 1800.0,
+    statement_timeout: float | None = None,
+    **options: Any,
+) -> AsyncEngine:
+    """Create an :class:`AsyncEngine` for PostgreSQL (asyncpg) or SQLite (aiosqlite).
+
+    Parameters and their values are hidden from error messages and logs
+    (``hide_parameters``), so stored values never leak through exception text.
+    """
+    parsed = normalize_url(url)
+    kwargs: dict[str, Any] = {"hide_parameters": True}
+    if is_sqlite(parsed):
+        database = parsed.database or ""
+        if database in {"", ":memory:"} or "mode=memory" in str(parsed):
+            # One shared connection, or every checkout would see its own empty database.
+            kwargs["poolclass"] = StaticPool
+        elif options.get("poolclass") is not NullPool:
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
+    else:
+        connect_args: dict[str, Any] = dict(options.pop("connect_args", {}))
+        if statement_timeout is not None:
+            server_settings = dict(connect_args.get("server_settings", {}))
+            server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
+            connect_args["server_settings"] = server_settings
+        kwargs.update(
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_recycle=pool_recycle,
+            connect_args=connect_args,
+        )
+        if options.get("poolclass") is NullPool:
+            for key in ("pool_size", "max_overflow", "pool_timeout"):
+                kwargs.pop(key)
+    kwargs.update(options)
+    engine = create_async_engine(parsed, **kwargs)
+    if is_sqlite(parsed):
+        _setup_sqlite(engine)
+    logger.debug("created engine for %s", parsed.render_as_string(hide_password=True))
+    return engine
