@@ -36,7 +36,7 @@ def _default(obj: Any) -> Any:
         raise TypeError(f"{type(obj).__name__} has no JSON form") from exc
 
 
-_encoder.default = _default  # type: ignore[method-assign]
+_encoder.default = _default  # type: ignore[method-assign,assignment]
 
 
 def encode(value: Any, max_bytes: int | None = None) -> str:
@@ -89,7 +89,7 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
 def validate_as(obj: Any, tp: type[T]) -> T:
     """Validate decoded JSON into ``tp`` (a pydantic model, dataclass, typing form...)."""
     try:
-        adapter = _adapter(tp)
+        adapter = _adapter(tp)  # type: ignore[arg-type]
     except TypeError:  # unhashable typing form: build one each time
         adapter = TypeAdapter(tp)
     try:

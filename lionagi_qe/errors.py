@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "ClosedError",
+    "InvalidArgumentError",
     "InvalidKeyError",
     "InvalidPartitionError",
     "InvalidPatternError",
@@ -43,11 +44,15 @@ class ValueTooLargeError(PersistenceError, ValueError):
     """A value's JSON form is larger than ``Settings.max_value_bytes``."""
 
 
-class InvalidTTLError(PersistenceError, ValueError):
+class InvalidArgumentError(PersistenceError, ValueError):
+    """An argument other than a key, pattern or value is out of range or of the wrong type."""
+
+
+class InvalidTTLError(InvalidArgumentError):
     """A TTL is not a positive, finite number of seconds."""
 
 
-class InvalidPartitionError(PersistenceError, ValueError):
+class InvalidPartitionError(InvalidArgumentError):
     """A partition name is empty, longer than 64 characters or holds control characters."""
 
 

@@ -9,7 +9,8 @@ The glob language (one for every backend):
   malformed (:class:`~lionagi_qe.errors.InvalidPatternError`).
 
 A compiled :class:`GlobPattern` gives the exact Python regex, the literal prefix (for an
-index range scan) and, when the pattern has no class, an exact SQL ``LIKE`` form.
+index range scan), the same regex anchored for PostgreSQL's ``~`` (Python's escapes are valid
+ARE escapes), an exact SQLite ``GLOB`` form where one exists, and Redis ``MATCH`` syntax.
 """
 
 from __future__ import annotations
@@ -139,8 +140,10 @@ class GlobPattern:
     pattern: str
     regex: re.Pattern[str]
     literal_prefix: str
-    like: str | None
-    """An exact ``LIKE`` form (escape character ``\\``), or None if the glob has a class."""
+    posix_regex: str
+    """The anchored regex for PostgreSQL's ``~`` operator."""
+    sqlite_glob: str | None
+    """An exact SQLite ``GLOB`` form, or None where SQLite's class syntax cannot say it."""
     redis_glob: str
     """The same pattern in Redis ``MATCH`` syntax (exact, classes included)."""
 
@@ -149,8 +152,26 @@ class GlobPattern:
         return self.regex.fullmatch(key) is not None
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _sqlite_literal(char: str) -> str:
+    return f"[{char}]" if char in "*?[" else char
+
+
+def _sqlite_class(members: list[tuple[str, str]], negate: bool) -> str | None:
+    """SQLite's class syntax has no escapes: ``]`` must come first, ``-`` last, ``^`` not first."""
+    awkward = {"]", "-", "^"}
+    if any(lo != hi and (lo in awkward or hi in awkward) for lo, hi in members):
+        return None
+    singles = {lo for lo, hi in members if lo == hi}
+    body = "]" if "]" in singles else ""
+    body += "".join(f"{lo}-{hi}" for lo, hi in members if lo != hi)
+    body += "".join(sorted(singles - awkward))
+    if "^" in singles:
+        if not body and not negate:
+            return "^" if "-" not in singles else "[-^]"
+        body += "^"
+    if "-" in singles:
+        body += "-"
+    return f"[{'^' if negate else ''}{body}]"
 
 
 def _redis_escape(char: str) -> str:
@@ -165,7 +186,7 @@ def compile_glob(pattern: str) -> GlobPattern:
     if _CONTROL.search(pattern):
         raise InvalidPatternError("pattern must not contain control characters")
     regex: list[str] = []
-    like: list[str] | None = []
+    sqlite: list[str] | None = []
     redis: list[str] = []
     prefix: list[str] = []
     prefix_open = True
@@ -180,8 +201,8 @@ def compile_glob(pattern: str) -> GlobPattern:
         elif char == "*" or char == "?":
             prefix_open = False
             regex.append(".*" if char == "*" else ".")
-            if like is not None:
-                like.append("%" if char == "*" else "_")
+            if sqlite is not None:
+                sqlite.append(char)
             redis.append(char)
             i += 1
             continue
@@ -232,7 +253,11 @@ def compile_glob(pattern: str) -> GlobPattern:
                 )
                 + "]"
             )
-            like = None
+            sqlite_class = _sqlite_class(members, negate)
+            if sqlite is not None and sqlite_class is not None:
+                sqlite.append(sqlite_class)
+            else:
+                sqlite = None
             i = j + 1
             continue
         else:
@@ -241,14 +266,16 @@ def compile_glob(pattern: str) -> GlobPattern:
         if prefix_open:
             prefix.append(literal)
         regex.append(re.escape(literal))
-        if like is not None:
-            like.append(_like_escape(literal))
+        if sqlite is not None:
+            sqlite.append(_sqlite_literal(literal))
         redis.append(_redis_escape(literal))
+    body = "".join(regex)
     return GlobPattern(
         pattern=pattern,
-        regex=re.compile("".join(regex), re.DOTALL),
+        regex=re.compile(body, re.DOTALL),
         literal_prefix="".join(prefix),
-        like="".join(like) if like is not None else None,
+        posix_regex=f"^{body}$",
+        sqlite_glob="".join(sqlite) if sqlite is not None else None,
         redis_glob="".join(redis),
     )
 

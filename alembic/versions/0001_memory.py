@@ -39,20 +39,30 @@ def upgrade() -> None:
         "qe_memory",
         sa.Column("key", KEY, nullable=False),
         sa.Column("value", JSON_DOCUMENT, nullable=False),
-        sa.Column("partition", sa.String(length=64), server_default=sa.text("'default'"),
-                  nullable=False),
+        sa.Column(
+            "partition", sa.String(length=64), server_default=sa.text("'default'"), nullable=False
+        ),
         sa.Column("metadata", JSON_DOCUMENT, server_default=sa.text("'{}'"), nullable=False),
         sa.Column("version", sa.BigInteger(), server_default=sa.text("1"), nullable=False),
         sa.Column("size_bytes", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["partition"], ["partitions.name"], onupdate="CASCADE",
-                                name=op.f("fk_qe_memory_partition_partitions")),
+        sa.ForeignKeyConstraint(
+            ["partition"],
+            ["partitions.name"],
+            onupdate="CASCADE",
+            name=op.f("fk_qe_memory_partition_partitions"),
+        ),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_qe_memory")),
     )
-    op.create_index("ix_qe_memory_expires_at", "qe_memory", ["expires_at"],
-                    postgresql_where=LIVE_EXPIRY, sqlite_where=LIVE_EXPIRY)
+    op.create_index(
+        "ix_qe_memory_expires_at",
+        "qe_memory",
+        ["expires_at"],
+        postgresql_where=LIVE_EXPIRY,
+        sqlite_where=LIVE_EXPIRY,
+    )
     op.create_index("ix_qe_memory_partition", "qe_memory", ["partition"])
 
 

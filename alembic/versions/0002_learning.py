@@ -54,8 +54,12 @@ def _timestamps(*names: str) -> list[sa.Column[object]]:
 
 
 def _agent_fk(table: str) -> sa.ForeignKeyConstraint:
-    return sa.ForeignKeyConstraint(["agent_type"], ["agent_types.agent_type"], onupdate="CASCADE",
-                                   name=op.f(f"fk_{table}_agent_type_agent_types"))
+    return sa.ForeignKeyConstraint(
+        ["agent_type"],
+        ["agent_types.agent_type"],
+        onupdate="CASCADE",
+        name=op.f(f"fk_{table}_agent_type_agent_types"),
+    )
 
 
 def upgrade() -> None:
@@ -102,8 +106,12 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("agent_type", sa.String(length=100), nullable=False),
         sa.Column("pattern_name", sa.String(length=255), nullable=False),
-        sa.Column("pattern_type", sa.String(length=50), server_default=sa.text("'general'"),
-                  nullable=False),
+        sa.Column(
+            "pattern_type",
+            sa.String(length=50),
+            server_default=sa.text("'general'"),
+            nullable=False,
+        ),
         sa.Column("pattern_data", JSON_DOCUMENT, server_default=EMPTY_JSON, nullable=False),
         sa.Column("usage_count", sa.Integer(), server_default=ZERO, nullable=False),
         sa.Column("success_count", sa.Integer(), server_default=ZERO, nullable=False),
@@ -113,8 +121,9 @@ def upgrade() -> None:
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         _agent_fk("patterns"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_patterns")),
-        sa.UniqueConstraint("agent_type", "pattern_name",
-                            name=op.f("uq_patterns_agent_type_pattern_name")),
+        sa.UniqueConstraint(
+            "agent_type", "pattern_name", name=op.f("uq_patterns_agent_type_pattern_name")
+        ),
     )
     op.create_table(
         "q_values",
@@ -130,8 +139,12 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         _agent_fk("q_values"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_q_values")),
-        sa.UniqueConstraint("agent_type", "state_hash", "action_hash",
-                            name=op.f("uq_q_values_agent_type_state_hash_action_hash")),
+        sa.UniqueConstraint(
+            "agent_type",
+            "state_hash",
+            "action_hash",
+            name=op.f("uq_q_values_agent_type_state_hash_action_hash"),
+        ),
     )
     op.create_index("ix_q_values_expires_at", "q_values", ["expires_at"])
     op.create_table(
@@ -139,16 +152,23 @@ def upgrade() -> None:
         sa.Column("session_id", sa.Uuid(), nullable=False),
         sa.Column("agent_type", sa.String(length=100), nullable=False),
         sa.Column("session_name", sa.String(length=255), nullable=True),
-        sa.Column("environment", sa.String(length=50), server_default=sa.text("'development'"),
-                  nullable=False),
-        sa.Column("status", sa.String(length=20), server_default=sa.text("'active'"),
-                  nullable=False),
+        sa.Column(
+            "environment",
+            sa.String(length=50),
+            server_default=sa.text("'development'"),
+            nullable=False,
+        ),
+        sa.Column(
+            "status", sa.String(length=20), server_default=sa.text("'active'"), nullable=False
+        ),
         sa.Column("total_reward", sa.Double(), nullable=True),
         sa.Column("metadata", JSON_DOCUMENT, server_default=EMPTY_JSON, nullable=False),
         *_timestamps("started_at"),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
-        sa.CheckConstraint("status IN ('active', 'completed', 'failed', 'aborted')",
-                           name=op.f("ck_sessions_status")),
+        sa.CheckConstraint(
+            "status IN ('active', 'completed', 'failed', 'aborted')",
+            name=op.f("ck_sessions_status"),
+        ),
         _agent_fk("sessions"),
         sa.PrimaryKeyConstraint("session_id", name=op.f("pk_sessions")),
     )
@@ -172,12 +192,17 @@ def upgrade() -> None:
         *_timestamps("created_at"),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         _agent_fk("trajectories"),
-        sa.ForeignKeyConstraint(["session_id"], ["sessions.session_id"], ondelete="SET NULL",
-                                name=op.f("fk_trajectories_session_id_sessions")),
+        sa.ForeignKeyConstraint(
+            ["session_id"],
+            ["sessions.session_id"],
+            ondelete="SET NULL",
+            name=op.f("fk_trajectories_session_id_sessions"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_trajectories")),
     )
-    op.create_index("ix_trajectories_agent_type_created_at", "trajectories",
-                    ["agent_type", "created_at"])
+    op.create_index(
+        "ix_trajectories_agent_type_created_at", "trajectories", ["agent_type", "created_at"]
+    )
     op.create_index("ix_trajectories_expires_at", "trajectories", ["expires_at"])
     op.create_index("ix_trajectories_session_id", "trajectories", ["session_id"])
     op.create_table(
@@ -189,19 +214,34 @@ def upgrade() -> None:
         sa.Column("state_hash", sa.String(length=128), nullable=False),
         sa.Column("action_hash", sa.String(length=128), nullable=False),
         sa.Column("reward_value", sa.Double(), nullable=False),
-        sa.Column("reward_type", sa.String(length=50), server_default=sa.text("'immediate'"),
-                  nullable=False),
+        sa.Column(
+            "reward_type",
+            sa.String(length=50),
+            server_default=sa.text("'immediate'"),
+            nullable=False,
+        ),
         sa.Column("reward_source", sa.String(length=100), nullable=True),
         *_timestamps("created_at"),
         _agent_fk("rewards"),
-        sa.ForeignKeyConstraint(["session_id"], ["sessions.session_id"], ondelete="SET NULL",
-                                name=op.f("fk_rewards_session_id_sessions")),
-        sa.ForeignKeyConstraint(["trajectory_id"], ["trajectories.id"], ondelete="SET NULL",
-                                name=op.f("fk_rewards_trajectory_id_trajectories")),
+        sa.ForeignKeyConstraint(
+            ["session_id"],
+            ["sessions.session_id"],
+            ondelete="SET NULL",
+            name=op.f("fk_rewards_session_id_sessions"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["trajectory_id"],
+            ["trajectories.id"],
+            ondelete="SET NULL",
+            name=op.f("fk_rewards_trajectory_id_trajectories"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rewards")),
     )
-    op.create_index("ix_rewards_agent_type_state_hash_action_hash", "rewards",
-                    ["agent_type", "state_hash", "action_hash"])
+    op.create_index(
+        "ix_rewards_agent_type_state_hash_action_hash",
+        "rewards",
+        ["agent_type", "state_hash", "action_hash"],
+    )
 
 
 def downgrade() -> None:

@@ -22,7 +22,7 @@ __all__ = ["is_live", "json_param", "seconds_from_now", "seconds_until", "server
 _SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
-class server_now(FunctionElement[datetime]):  # noqa: N801 - reads like SQL
+class server_now(FunctionElement[datetime]):
     """The database clock, as a timestamp."""
 
     type = Timestamp
@@ -40,7 +40,7 @@ def _sqlite_now(element: server_now, compiler: SQLCompiler, **kw: Any) -> str:
     return _SQLITE_NOW
 
 
-class seconds_from_now(FunctionElement[datetime]):  # noqa: N801
+class seconds_from_now(FunctionElement[datetime]):
     """The database clock plus a number of seconds (a float expression)."""
 
     type = Timestamp
@@ -61,7 +61,7 @@ def _sqlite_from_now(element: seconds_from_now, compiler: SQLCompiler, **kw: Any
     return f"strftime('%Y-%m-%d %H:%M:%f', 'now', printf('%+.6f seconds', {arg}))"
 
 
-class seconds_until(FunctionElement[float]):  # noqa: N801
+class seconds_until(FunctionElement[float]):
     """Seconds from the database clock until a timestamp expression (negative once past)."""
 
     type = Double()
@@ -84,7 +84,7 @@ def _sqlite_until(element: seconds_until, compiler: SQLCompiler, **kw: Any) -> s
     return f"((julianday({compiler.process(moment, **kw)}) - julianday('now')) * 86400.0)"
 
 
-class json_param(FunctionElement[Any]):  # noqa: N801
+class json_param(FunctionElement[Any]):
     """A bound parameter that already holds JSON text: cast to JSONB on PostgreSQL."""
 
     type = Text()

@@ -22,7 +22,6 @@ NAMING_CONVENTION = {
 }
 
 
-
 class JSONDocument(TypeDecorator[Any]):
     """A JSON document: JSONB on PostgreSQL, TEXT on SQLite.
 
@@ -50,6 +49,7 @@ class JSONDocument(TypeDecorator[Any]):
         if dialect.name == "postgresql" or value is None:
             return value
         return json.loads(value)
+
 
 #: Timestamps are always timezone-aware UTC.
 Timestamp = DateTime(timezone=True)

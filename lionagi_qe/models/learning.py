@@ -63,7 +63,6 @@ QE_AGENT_TYPES: dict[str, str] = {
 }
 
 
-
 def _agent_type_fk() -> ForeignKey:
     return ForeignKey("agent_types.agent_type", onupdate="CASCADE")
 
@@ -96,9 +95,7 @@ class LearningSession(Base):
     ended_at: Mapped[datetime | None] = mapped_column()
 
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('active', 'completed', 'failed', 'aborted')", name="status"
-        ),
+        CheckConstraint("status IN ('active', 'completed', 'failed', 'aborted')", name="status"),
         Index("ix_sessions_agent_type_started_at", "agent_type", "started_at"),
     )
 
@@ -181,8 +178,12 @@ class Reward(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
-        Index("ix_rewards_agent_type_state_hash_action_hash", "agent_type", "state_hash",
-              "action_hash"),
+        Index(
+            "ix_rewards_agent_type_state_hash_action_hash",
+            "agent_type",
+            "state_hash",
+            "action_hash",
+        ),
     )
 
 

@@ -1,0 +1,50 @@
+"""lionagi_qe: persistence for fleets of QE agents (memory, coordination, Q-learning)."""
+
+from lionagi_qe.backends.protocol import MemoryBackend
+from lionagi_qe.backends.sql import PostgresMemory
+from lionagi_qe.config import Settings
+from lionagi_qe.db.manager import DatabaseManager
+from lionagi_qe.entry import MemoryEntry
+from lionagi_qe.errors import (
+    BackendUnavailableError,
+    ClosedError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    InvalidPartitionError,
+    InvalidPatternError,
+    InvalidTTLError,
+    KeyNotFoundError,
+    LeaseLostError,
+    PersistenceError,
+    SchemaMissingError,
+    SerializationError,
+    ValueTooLargeError,
+    VersionConflictError,
+)
+from lionagi_qe.factory import open_memory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "ClosedError",
+    "DatabaseManager",
+    "InvalidArgumentError",
+    "InvalidKeyError",
+    "InvalidPartitionError",
+    "InvalidPatternError",
+    "InvalidTTLError",
+    "KeyNotFoundError",
+    "LeaseLostError",
+    "MemoryBackend",
+    "MemoryEntry",
+    "PersistenceError",
+    "PostgresMemory",
+    "SchemaMissingError",
+    "SerializationError",
+    "Settings",
+    "ValueTooLargeError",
+    "VersionConflictError",
+    "__version__",
+    "open_memory",
+]

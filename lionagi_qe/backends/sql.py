@@ -1,0 +1,451 @@
+"""``PostgresMemory``: the memory contract on PostgreSQL, and on SQLite for the embedded default.
+
+Hot paths are single Core statements built once (compiled-cache friendly) and run on an
+autocommit connection: one round trip per call, no BEGIN/COMMIT around a statement that is
+atomic on its own. Multi-statement operations run in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from lionagi_qe import codec
+from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, MemoryBase
+from lionagi_qe.db import migrate
+from lionagi_qe.db.engine import create_engine
+from lionagi_qe.db.manager import DatabaseManager
+from lionagi_qe.db.translate import FOREIGN_KEY_VIOLATION, SCHEMA_HINT, sqlstate_of, translate
+from lionagi_qe.entry import MemoryEntry
+from lionagi_qe.errors import (
+    KeyNotFoundError,
+    PersistenceError,
+    SchemaMissingError,
+    SerializationError,
+    VersionConflictError,
+)
+from lionagi_qe.repositories.memory import MemoryRepository, StoreRow
+
+__all__ = ["PostgresMemory"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DatabaseSource = (
+    DatabaseManager | AsyncEngine | async_sessionmaker[AsyncSession] | AsyncSession | str
+)
+
+
+class PostgresMemory(MemoryBase):
+    """The memory contract over SQLAlchemy: PostgreSQL (asyncpg) or SQLite (aiosqlite).
+
+    Args:
+        db_manager: where to run: a :class:`DatabaseManager`, an :class:`AsyncEngine`, an
+            ``async_sessionmaker`` (each call is one committed unit of work), an
+            :class:`AsyncSession` (calls join the caller's transaction and never commit), or a
+            database URL (the memory then owns its engine and disposes it on :meth:`close`).
+        namespace: the prefix every key must start with.
+        max_value_bytes: the largest JSON form of a value.
+        auto_migrate: upgrade the schema on first use; default True for SQLite (the embedded
+            store sets itself up) and False for PostgreSQL, where a missing schema raises
+            :class:`SchemaMissingError` naming ``lionagi-qe db upgrade``.
+        cleanup_batch_size: rows ``cleanup_expired`` deletes per statement.
+        pool_size: pool size when the memory creates its own engine from a URL.
+    """
+
+    backend_name = "postgresql"
+
+    def __init__(
+        self,
+        db_manager: DatabaseSource,
+        *,
+        namespace: str = "aqe/",
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        auto_migrate: bool | None = None,
+        cleanup_batch_size: int = 1000,
+        **engine_options: Any,
+    ) -> None:
+        super().__init__(namespace=namespace, max_value_bytes=max_value_bytes)
+        self._owned_engine: AsyncEngine | None = None
+        self._engine: AsyncEngine | None = None
+        self._session_factory: async_sessionmaker[AsyncSession] | None = None
+        self._session: AsyncSession | None = None
+        if isinstance(db_manager, str):
+            self._owned_engine = self._engine = create_engine(db_manager, **engine_options)
+        elif isinstance(db_manager, DatabaseManager):
+            self._engine = db_manager.engine
+        elif isinstance(db_manager, AsyncEngine):
+            self._engine = db_manager
+        elif isinstance(db_manager, async_sessionmaker):
+            self._session_factory = db_manager
+        elif isinstance(db_manager, AsyncSession):
+            self._session = db_manager
+        else:
+            raise TypeError(f"cannot build PostgresMemory from {type(db_manager).__name__}")
+        bind = self._bind_engine()
+        self.dialect = bind.dialect.name if bind is not None else "postgresql"
+        if self.dialect == "sqlite":
+            self.backend_name = "sqlite"
+        self._autocommit = (
+            self._engine.execution_options(isolation_level="AUTOCOMMIT") if self._engine else None
+        )
+        self._auto_migrate = self.dialect == "sqlite" if auto_migrate is None else auto_migrate
+        self._cleanup_batch_size = cleanup_batch_size
+        self._ready = False
+        self._init_lock = asyncio.Lock()
+        self._session_lock = asyncio.Lock()
+        self._known_partitions: set[str] = set()
+
+    def _bind_engine(self) -> AsyncEngine | None:
+        if self._engine is not None:
+            return self._engine
+        if self._session_factory is not None:
+            bind = self._session_factory.kw.get("bind")
+            return bind if isinstance(bind, AsyncEngine) else None
+        if self._session is not None and isinstance(self._session.bind, AsyncEngine):
+            return self._session.bind
+        if self._session is not None and isinstance(self._session.bind, AsyncConnection):
+            return self._session.bind.engine
+        return None
+
+    @property
+    def engine(self) -> AsyncEngine | None:
+        """The engine this memory runs on (None when built on a session)."""
+        return self._engine
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _initialize(self) -> None:
+        async with self._init_lock:
+            if self._ready:
+                return
+            self._check_open()
+            if self._engine is not None:
+                try:
+                    if self._auto_migrate:
+                        await migrate.upgrade(self._engine)
+                    elif not await migrate.has_schema(self._engine):
+                        raise SchemaMissingError(SCHEMA_HINT)
+                except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                    raise translate(exc) from exc
+            self._ready = True
+
+    @asynccontextmanager
+    async def _repository(self, *, atomic: bool = False) -> AsyncIterator[MemoryRepository]:
+        """A repository on an autocommit connection, a transaction, or the caller's session."""
+        self._check_open()
+        if not self._ready:
+            await self._initialize()
+        try:
+            if self._autocommit is not None and self._engine is not None:
+                if atomic:
+                    async with self._engine.begin() as conn:
+                        yield MemoryRepository(conn, self.dialect)
+                else:
+                    async with self._autocommit.connect() as conn:
+                        yield MemoryRepository(conn, self.dialect)
+            elif self._session_factory is not None:
+                async with self._session_factory() as session, session.begin():
+                    yield MemoryRepository(session, self.dialect)
+            else:
+                assert self._session is not None
+                async with self._session_lock:
+                    yield MemoryRepository(self._session, self.dialect)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise translate(exc) from exc
+
+    async def _ensure_partition(self, repo: MemoryRepository, partition: str) -> None:
+        # Partition rows are labels that are never deleted by us: remember the ones we made so
+        # the hot path stays one statement. Inside a caller's session, always make sure.
+        if partition in self._known_partitions:
+            return
+        await repo.ensure_partition(partition)
+        if self._engine is not None:
+            self._known_partitions.add(partition)
+
+    async def _with_partition(self, partition: str, write: Any) -> Any:
+        """Run ``write(repo)`` after making sure ``partition`` exists; retry once if it vanished."""
+        for attempt in (1, 2):
+            try:
+                async with self._repository() as repo:
+                    await self._ensure_partition(repo, partition)
+                    return await write(repo)
+            except PersistenceError as exc:
+                cause = exc.__cause__
+                if attempt == 2 or cause is None or sqlstate_of(cause) != FOREIGN_KEY_VIOLATION:
+                    raise
+                self._known_partitions.discard(partition)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- the contract -----------------------------------------------------------------------
+
+    async def store(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        partition: str = "default",
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        if_absent: bool = False,
+        expected_version: int | None = None,
+    ) -> int:
+        """Upsert ``value`` under ``key``; return the entry's new version.
+
+        Raises:
+            VersionConflictError: ``if_absent`` and a live entry exists, or ``expected_version``
+                differs from the live entry's version (or there is no live entry).
+        """
+        self._check_open()
+        item = self._item(key, value)
+        seconds = self._ttl(ttl)
+        label = self._partition(partition)
+        metadata_json = self._metadata(metadata)
+        expected = self._conditions(if_absent, expected_version)
+
+        async def write(repo: MemoryRepository) -> int | None:
+            return await repo.upsert(
+                item.key,
+                item.value_json,
+                partition=label,
+                metadata_json=metadata_json,
+                size_bytes=item.size_bytes,
+                ttl=seconds,
+                if_absent=if_absent,
+                expected_version=expected,
+            )
+
+        version: int | None = await self._with_partition(label, write)
+        if version is None:
+            if if_absent:
+                raise VersionConflictError(f"{item.key!r} already has a live entry")
+            raise VersionConflictError(
+                f"{item.key!r} is not at version {expected} (or has no live entry)"
+            )
+        return version
+
+    async def retrieve(self, key: str, *, as_type: Any = None, default: Any = None) -> Any:
+        """The live value of ``key``, validated into ``as_type`` if given; else ``default``."""
+        self._check_open()
+        checked = self._key(key)
+        async with self._repository() as repo:
+            value_json = await repo.get_value(checked)
+        if value_json is None:
+            return default
+        value = codec.decode(value_json)
+        return value if as_type is None else codec.validate_as(value, as_type)
+
+    async def get_entry(self, key: str) -> MemoryEntry | None:
+        """The live entry with partition, version, timestamps, expiry and metadata."""
+        self._check_open()
+        checked = self._key(key)
+        async with self._repository() as repo:
+            row = await repo.get_entry(checked)
+        if row is None:
+            return None
+        return MemoryEntry(
+            key=row.key,
+            value=codec.decode(row.value_json),
+            partition=row.partition,
+            version=row.version,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            expires_at=row.expires_at,
+            metadata=codec.decode(row.metadata_json),
+        )
+
+    async def exists(self, key: str) -> bool:
+        """True if ``key`` has a live entry."""
+        self._check_open()
+        checked = self._key(key)
+        async with self._repository() as repo:
+            return await repo.exists(checked)
+
+    async def ttl(self, key: str) -> float | None:
+        """Remaining seconds (None: no expiry). Raises KeyNotFoundError if there is no entry."""
+        self._check_open()
+        checked = self._key(key)
+        async with self._repository() as repo:
+            found, remaining = await repo.ttl(checked)
+        if not found:
+            raise KeyNotFoundError(f"no live entry for {checked!r}")
+        return remaining
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        """Set or replace the TTL of a live entry (a write: the version grows)."""
+        self._check_open()
+        checked = self._key(key)
+        seconds = self._required_ttl(ttl)
+        async with self._repository() as repo:
+            return await repo.expire(checked, seconds)
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; True if a live entry was removed."""
+        self._check_open()
+        checked = self._key(key)
+        async with self._repository() as repo:
+            return await repo.delete(checked)
+
+    async def search(
+        self, pattern: str, *, regex: bool = False, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Live entries whose keys match ``pattern``, in code-point order of keys.
+
+        A glob is answered by the database from an index range on its literal prefix plus an
+        exact match (PostgreSQL ``~``, SQLite ``GLOB``); a regex (Python ``re.search``) is
+        matched here against the namespace's live keys, then only the hits are read.
+        """
+        self._check_open()
+        count = self._limit(limit)
+        if regex:
+            compiled = self._regex(pattern)
+            async with self._repository() as repo:
+                keys = await repo.list_keys(
+                    self._namespace_range.lower, self._namespace_range.upper
+                )
+                hits = [key for key in keys if compiled.search(key)]
+                if count is not None:
+                    hits = hits[:count]
+                found = await repo.retrieve_many(hits) if hits else {}
+            return {key: codec.decode(found[key]) for key in hits if key in found}
+        glob, key_range = self._glob(pattern)
+        if key_range is None or count == 0:
+            return {}
+        async with self._repository() as repo:
+            if self.dialect == "postgresql":
+                rows = await repo.search(
+                    key_range.lower, key_range.upper, glob.posix_regex, "regex", count
+                )
+            elif glob.sqlite_glob is not None:
+                rows = await repo.search(
+                    key_range.lower, key_range.upper, glob.sqlite_glob, "glob", count
+                )
+            else:
+                rows = await repo.search(key_range.lower, key_range.upper, None, None, None)
+                rows = [row for row in rows if glob.matches(row[0])][: count or None]
+        return {key: codec.decode(value_json) for key, value_json in rows}
+
+    async def list_keys(self, prefix: str | None = None) -> list[str]:
+        """Live keys starting with the literal ``prefix`` (no wildcards), code-point sorted."""
+        self._check_open()
+        key_range = self._list_range(prefix)
+        if key_range is None:
+            return []
+        async with self._repository() as repo:
+            return await repo.list_keys(key_range.lower, key_range.upper)
+
+    async def store_many(
+        self,
+        items: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        ttl: float | None = None,
+        partition: str = "default",
+    ) -> int:
+        """Store every item in one statement (PostgreSQL) or one transaction; all or nothing."""
+        self._check_open()
+        batch = self._items(items)
+        seconds = self._ttl(ttl)
+        label = self._partition(partition)
+        if not batch:
+            return 0
+        rows = [StoreRow(item.key, item.value_json, item.size_bytes) for item in batch]
+        for attempt in (1, 2):
+            try:
+                async with self._repository(atomic=True) as repo:
+                    await self._ensure_partition(repo, label)
+                    await repo.store_many(rows, partition=label, ttl=seconds)
+                return len(rows)
+            except PersistenceError as exc:
+                cause = exc.__cause__
+                if attempt == 2 or cause is None or sqlstate_of(cause) != FOREIGN_KEY_VIOLATION:
+                    raise
+                self._known_partitions.discard(label)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def retrieve_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The live entries among ``keys`` (missing and expired keys are left out)."""
+        self._check_open()
+        checked = self._keys(keys)
+        if not checked:
+            return {}
+        async with self._repository() as repo:
+            found = await repo.retrieve_many(checked)
+        return {key: codec.decode(found[key]) for key in checked if key in found}
+
+    async def increment(
+        self, key: str, delta: int | float = 1, ttl: float | None = None
+    ) -> int | float:
+        """Add ``delta`` atomically and return the new value (created at ``delta``).
+
+        ``ttl=None`` keeps the counter's current expiry; a number replaces it. The result is an
+        int while the counter and every delta are ints, a float otherwise.
+
+        Raises:
+            SerializationError: the live value is not a number (or the sum overflows).
+        """
+        self._check_open()
+        checked = self._key(key)
+        amount = self._delta(delta)
+        seconds = self._ttl(ttl)
+        initial = self._encode(amount)
+        async with self._repository() as repo:
+            result = await repo.increment(
+                checked,
+                amount,
+                ttl=seconds,
+                initial_json=initial,
+                size_bytes=len(checked) + len(initial),
+            )
+        if result is None:
+            raise SerializationError(f"{checked!r} holds a value that is not a number")
+        return self._as_number(codec.decode(result[0]))
+
+    async def clear_partition(self, partition: str) -> int:
+        """Delete every entry labelled ``partition``; return how many live ones went."""
+        self._check_open()
+        label = self._partition(partition)
+        key_range = self._namespace_range
+        async with self._repository(atomic=True) as repo:
+            return await repo.clear_partition(label, key_range.lower, key_range.upper)
+
+    async def get_stats(self) -> dict[str, Any]:
+        """Counts of live and expired entries, live counts per partition and sizes."""
+        self._check_open()
+        key_range = self._namespace_range
+        async with self._repository() as repo:
+            stats = await repo.stats(key_range.lower, key_range.upper)
+        size = stats["size_bytes"]
+        return {
+            "backend": self.backend_name,
+            "namespace": self.namespace,
+            **stats,
+            "size_mb": round(size / (1024 * 1024), 6),
+        }
+
+    async def cleanup_expired(self) -> int:
+        """Delete expired entries in batches of ``cleanup_batch_size``; return how many."""
+        self._check_open()
+        key_range = self._namespace_range
+        total = 0
+        while True:
+            async with self._repository() as repo:
+                removed = await repo.cleanup_batch(
+                    key_range.lower, key_range.upper, self._cleanup_batch_size
+                )
+            total += removed
+            if removed < self._cleanup_batch_size:
+                return total
+
+    async def close(self) -> None:
+        """Close; an engine this memory created from a URL is disposed."""
+        if self._closed:
+            return
+        self._closed = True
+        engine, self._owned_engine = self._owned_engine, None
+        if engine is not None:
+            await engine.dispose()

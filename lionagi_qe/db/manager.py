@@ -1,0 +1,126 @@
+"""``DatabaseManager``: one engine, its pool and its session factory, owned in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from lionagi_qe.config import mask_url
+from lionagi_qe.db.engine import create_engine, normalize_url
+from lionagi_qe.db.translate import translate
+from lionagi_qe.errors import ClosedError, InvalidArgumentError
+
+__all__ = ["DatabaseManager"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseManager:
+    """Owns an :class:`AsyncEngine` for PostgreSQL (or SQLite) and hands out sessions.
+
+    Args:
+        database_url: ``postgresql://…`` (the asyncpg driver is implied),
+            ``postgresql+asyncpg://…`` or ``sqlite+aiosqlite:///file.db``.
+        min_connections: connections opened by :meth:`connect` ahead of use.
+        max_connections: the pool's size; callers beyond it wait ``pool_timeout`` seconds.
+        **engine_options: passed to :func:`lionagi_qe.db.engine.create_engine` (e.g.
+            ``statement_timeout``, ``pool_timeout``, ``pool_recycle``, ``echo``).
+
+    The engine is created here without I/O, so there is exactly one pool however many tasks
+    make their first call at once; :meth:`connect` is optional (it warms and checks the pool).
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        min_connections: int = 2,
+        max_connections: int = 10,
+        **engine_options: Any,
+    ) -> None:
+        if min_connections < 0 or max_connections < 1 or min_connections > max_connections:
+            raise InvalidArgumentError("need 0 <= min_connections <= max_connections, 1 <= max")
+        self.database_url = normalize_url(database_url)
+        self.min_connections = min_connections
+        self.max_connections = max_connections
+        engine_options.setdefault("pool_size", max_connections)
+        self._engine: AsyncEngine | None = create_engine(self.database_url, **engine_options)
+        self._session_factory = async_sessionmaker(self._engine, expire_on_commit=False)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine; ClosedError after :meth:`close`."""
+        if self._engine is None:
+            raise ClosedError("this DatabaseManager is closed")
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"postgresql"`` or ``"sqlite"``."""
+        return self.engine.dialect.name
+
+    @property
+    def session_factory(self) -> async_sessionmaker[AsyncSession]:
+        """Factory of sessions bound to this engine (``expire_on_commit=False``)."""
+        self.engine  # noqa: B018 - raises ClosedError once closed
+        return self._session_factory
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error."""
+        async with self.session_factory() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection inside one transaction."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+    async def connect(self) -> None:
+        """Open ``min_connections`` connections now and check that the server answers."""
+        engine = self.engine
+        warm = max(self.min_connections, 1)
+
+        async def touch() -> None:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.gather(*(touch() for _ in range(warm)))
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise translate(exc) from exc
+        logger.debug("connected to %s", mask_url(str(self.database_url)))
+
+    async def disconnect(self) -> None:
+        """Close every pooled connection; the manager cannot be used afterwards."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    close = disconnect
+
+    async def __aenter__(self) -> Self:
+        """Connect on entering ``async with``."""
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Disconnect on leaving ``async with``."""
+        await self.disconnect()
+
+    def __repr__(self) -> str:
+        url = self.database_url.render_as_string(hide_password=True)
+        return f"<DatabaseManager {url} max_connections={self.max_connections}>"

@@ -1,0 +1,52 @@
+"""``open_memory``: one call from URLs (or Settings) to a ready backend."""
+
+from __future__ import annotations
+
+from lionagi_qe.backends.protocol import MemoryBackend
+from lionagi_qe.backends.sql import PostgresMemory
+from lionagi_qe.config import Settings
+from lionagi_qe.errors import BackendUnavailableError, InvalidArgumentError
+
+__all__ = ["open_memory"]
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "unix://"))
+
+
+def open_memory(
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    *,
+    settings: Settings | None = None,
+) -> MemoryBackend:
+    """Build the backend the URLs ask for; with none, the one ``Settings`` describes.
+
+    - a PostgreSQL or SQLite URL → :class:`PostgresMemory`;
+    - a ``redis://`` URL alone → ``RedisMemory``;
+    - a database URL plus ``redis_url`` → ``CachedMemory`` (Redis in front of the database).
+
+    Nothing connects here: the backend connects on first use, once.
+    """
+    config = settings or Settings()
+    if database_url is None and redis_url is None:
+        database_url, redis_url = config.database_url, config.redis_url
+    if database_url is None:
+        raise InvalidArgumentError("give a database URL (a Redis URL alone goes first)")
+    if _is_redis(database_url):
+        if redis_url is not None:
+            raise InvalidArgumentError("two Redis URLs: put the database URL first")
+        raise BackendUnavailableError("RedisMemory is not available in this version yet")
+    sql = PostgresMemory(
+        database_url,
+        namespace=config.namespace,
+        max_value_bytes=config.max_value_bytes,
+        pool_size=config.pool_size,
+        max_overflow=config.max_overflow,
+        pool_timeout=config.pool_timeout,
+        pool_recycle=config.pool_recycle,
+        statement_timeout=config.statement_timeout,
+    )
+    if redis_url is not None:
+        raise BackendUnavailableError("CachedMemory is not available in this version yet")
+    return sql
