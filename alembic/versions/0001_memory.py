@@ -19,7 +19,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Frozen copies of the model types: revisions never import code that may change later.
-JSON_DOCUMENT = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
+# Values are kept as written: PostgreSQL ``json``, not ``jsonb`` (which rewrites numbers).
+JSON_DOCUMENT = sa.Text().with_variant(postgresql.JSON(), "postgresql")
 KEY = sa.String(length=255).with_variant(sa.String(length=255, collation="C"), "postgresql")
 NOW = sa.func.now()
 LIVE_EXPIRY = sa.text("expires_at IS NOT NULL")

@@ -85,7 +85,7 @@ def _sqlite_until(element: seconds_until, compiler: SQLCompiler, **kw: Any) -> s
 
 
 class json_param(FunctionElement[Any]):
-    """A bound parameter that already holds JSON text: cast to JSONB on PostgreSQL."""
+    """A bound parameter that already holds JSON text: cast to ``json`` on PostgreSQL."""
 
     type = Text()
     inherit_cache = True
@@ -95,7 +95,7 @@ class json_param(FunctionElement[Any]):
 @compiles(json_param, "postgresql")
 def _pg_json(element: json_param, compiler: SQLCompiler, **kw: Any) -> str:
     (param,) = element.clauses
-    return f"CAST({compiler.process(param, **kw)} AS JSONB)"
+    return f"CAST({compiler.process(param, **kw)} AS JSON)"
 
 
 @compiles(json_param, "sqlite")

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Dialect, Double, MetaData, String, Text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -23,19 +23,27 @@ NAMING_CONVENTION = {
 
 
 class JSONDocument(TypeDecorator[Any]):
-    """A JSON document: JSONB on PostgreSQL, TEXT on SQLite.
+    """A JSON document: ``jsonb`` (or ``json`` when ``exact``) on PostgreSQL, TEXT on SQLite.
 
     Not SQLite's ``JSON``: a column declared ``JSON`` has NUMERIC affinity there, which would
     turn the stored text ``0.30000000000000004`` into a REAL and read it back as ``0.3``.
+
+    ``exact=True`` keeps the document's text as written (PostgreSQL ``json``): ``jsonb`` rewrites
+    numbers (``1e16`` reads back as the integer ``10000000000000000``, the largest double as a
+    309-digit integer) and reorders keys, so stored values could not round-trip exactly.
     """
 
     impl = Text
     cache_ok = True
 
+    def __init__(self, exact: bool = False) -> None:
+        super().__init__()
+        self.exact = exact
+
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        """JSONB on PostgreSQL, TEXT elsewhere."""
+        """``jsonb``/``json`` on PostgreSQL, TEXT elsewhere."""
         if dialect.name == "postgresql":
-            return dialect.type_descriptor(JSONB())
+            return dialect.type_descriptor(JSON() if self.exact else JSONB())
         return dialect.type_descriptor(Text())
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:

@@ -29,14 +29,14 @@ class MemoryEntry(Base):
     __tablename__ = "qe_memory"
 
     key: Mapped[str] = mapped_column(CodePointString(255), primary_key=True)
-    value: Mapped[Any] = mapped_column(JSONDocument())
+    value: Mapped[Any] = mapped_column(JSONDocument(exact=True))
     partition: Mapped[str] = mapped_column(
         String(64),
         ForeignKey("partitions.name", onupdate="CASCADE"),
         server_default=text("'default'"),
     )
     metadata_: Mapped[dict[str, Any]] = mapped_column(
-        "metadata", JSONDocument(), server_default=text("'{}'")
+        "metadata", JSONDocument(exact=True), server_default=text("'{}'")
     )
     version: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
     size_bytes: Mapped[int] = mapped_column(Integer, server_default=text("0"))

@@ -178,7 +178,9 @@ class _Statements:
             .values(expires_at=_ttl_expr(True), version=_c.version + 1, updated_at=server_now())
             .returning(_c.version)
         )
-        self.delete = delete(_t).where(by_key).returning(live)
+        # Only a live row counts as deleted; an expired one is left for cleanup_expired. (SQLite
+        # 3.40 also evaluates "expires_at IS NULL" wrongly in a DELETE's RETURNING clause.)
+        self.delete = delete(_t).where(by_key, live).returning(literal(1))
 
         self.search: dict[tuple[bool, str | None, bool], Executable] = {}
         self.list_keys: dict[bool, Executable] = {}
@@ -249,18 +251,18 @@ def _increment_statement(dialect: str, delta_is_int: bool, *, with_ttl: bool = F
         )
         render_float = (
             f"CASE WHEN {as_float} = trunc({as_float}) AND abs({as_float}) < 1e16 "
-            f"THEN CAST({as_float}::text || '.0' AS JSONB) ELSE to_jsonb({as_float}) END"
+            f"THEN CAST({as_float}::text || '.0' AS JSON) ELSE to_json({as_float}) END"
         )
         if delta_is_int:
             added = (
                 "CASE WHEN qe_memory.value::text ~ '^-?[0-9]+$' "
-                "THEN to_jsonb(CAST(qe_memory.value::text AS NUMERIC) + CAST(:delta AS NUMERIC)) "
+                "THEN to_json(CAST(qe_memory.value::text AS NUMERIC) + CAST(:delta AS NUMERIC)) "
                 f"ELSE {render_float} END"
             )
         else:
             added = render_float
-        numeric = "jsonb_typeof(qe_memory.value) = 'number'"
-        initial = "CAST(:initial AS JSONB)"
+        numeric = "json_typeof(qe_memory.value) = 'number'"
+        initial = "CAST(:initial AS JSON)"
         returning = "CAST(qe_memory.value AS TEXT), qe_memory.version"
     else:
         now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
@@ -326,7 +328,7 @@ _PG_STORE_MANY = text(
     """
     INSERT INTO qe_memory AS m (key, value, partition, metadata, version, size_bytes,
                                 created_at, updated_at, expires_at)
-    SELECT k, CAST(v AS JSONB), :partition, '{}', 1, s,
+    SELECT k, CAST(v AS JSON), :partition, '{}', 1, s,
            statement_timestamp(), statement_timestamp(),
            CASE WHEN CAST(:ttl AS DOUBLE PRECISION) IS NULL THEN NULL
                 ELSE statement_timestamp() + make_interval(secs => CAST(:ttl AS DOUBLE PRECISION))
@@ -451,10 +453,9 @@ class MemoryRepository:
         return result.first() is not None
 
     async def delete(self, key: str) -> bool:
-        """Delete the row; True if it was live."""
+        """Delete the live row; True if there was one."""
         result = await self._execute(self._sql.delete, {"b_key": key})
-        row = result.first()
-        return bool(row[0]) if row is not None else False
+        return result.first() is not None
 
     async def search(
         self,
