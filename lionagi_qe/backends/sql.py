@@ -137,18 +137,27 @@ class PostgresMemory(MemoryBase):
             self._ready = True
 
     @asynccontextmanager
-    async def _repository(self, *, atomic: bool = False) -> AsyncIterator[MemoryRepository]:
-        """A repository on an autocommit connection, a transaction, or the caller's session."""
+    async def _repository(
+        self, *, write: bool = False, atomic: bool = False
+    ) -> AsyncIterator[MemoryRepository]:
+        """A repository on an autocommit connection, a transaction, or the caller's session.
+
+        PostgreSQL: single statements run in autocommit (one round trip each), ``atomic`` work
+        in a transaction. SQLite: reads run without a transaction and writes in one, since
+        every driver call there is a hop to aiosqlite's thread and switching a connection to
+        autocommit and back costs two more.
+        """
         self._check_open()
         if not self._ready:
             await self._initialize()
         try:
             if self._autocommit is not None and self._engine is not None:
-                if atomic:
+                if atomic or (write and self.dialect == "sqlite"):
                     async with self._engine.begin() as conn:
                         yield MemoryRepository(conn, self.dialect)
                 else:
-                    async with self._autocommit.connect() as conn:
+                    source = self._engine if self.dialect == "sqlite" else self._autocommit
+                    async with source.connect() as conn:
                         yield MemoryRepository(conn, self.dialect)
             elif self._session_factory is not None:
                 async with self._session_factory() as session, session.begin():
@@ -173,7 +182,7 @@ class PostgresMemory(MemoryBase):
         """Run ``write(repo)`` after making sure ``partition`` exists; retry once if it vanished."""
         for attempt in (1, 2):
             try:
-                async with self._repository() as repo:
+                async with self._repository(write=True) as repo:
                     await self._ensure_partition(repo, partition)
                     return await write(repo)
             except PersistenceError as exc:
@@ -282,14 +291,14 @@ class PostgresMemory(MemoryBase):
         self._check_open()
         checked = self._key(key)
         seconds = self._required_ttl(ttl)
-        async with self._repository() as repo:
+        async with self._repository(write=True) as repo:
             return await repo.expire(checked, seconds)
 
     async def delete(self, key: str) -> bool:
         """Delete ``key``; True if a live entry was removed."""
         self._check_open()
         checked = self._key(key)
-        async with self._repository() as repo:
+        async with self._repository(write=True) as repo:
             return await repo.delete(checked)
 
     async def search(
@@ -393,7 +402,7 @@ class PostgresMemory(MemoryBase):
         amount = self._delta(delta)
         seconds = self._ttl(ttl)
         initial = self._encode(amount)
-        async with self._repository() as repo:
+        async with self._repository(write=True) as repo:
             result = await repo.increment(
                 checked,
                 amount,
@@ -433,7 +442,7 @@ class PostgresMemory(MemoryBase):
         key_range = self._namespace_range
         total = 0
         while True:
-            async with self._repository() as repo:
+            async with self._repository(write=True) as repo:
                 removed = await repo.cleanup_batch(
                     key_range.lower, key_range.upper, self._cleanup_batch_size
                 )
