@@ -26,7 +26,9 @@ def open_memory(
     - a ``redis://`` URL alone → ``RedisMemory``;
     - a database URL plus ``redis_url`` → ``CachedMemory`` (Redis in front of the database).
 
-    Nothing connects here: the backend connects on first use, once.
+    Explicit arguments win over ``Settings``: ``open_memory(db_url)`` builds exactly that
+    backend even when ``AQE_REDIS_URL`` is set. Nothing connects here: the backend connects on
+    first use, once.
     """
     config = settings or Settings()
     if database_url is None and redis_url is None:

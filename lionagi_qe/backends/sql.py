@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from lionagi_qe import codec
 from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, MemoryBase
-from lionagi_qe.db import migrate
 from lionagi_qe.db.engine import create_engine
 from lionagi_qe.db.manager import DatabaseManager
 from lionagi_qe.db.translate import FOREIGN_KEY_VIOLATION, SCHEMA_HINT, sqlstate_of, translate
@@ -127,6 +126,9 @@ class PostgresMemory(MemoryBase):
                 return
             self._check_open()
             if self._engine is not None:
+                # Alembic is heavy to import; only the first call of a memory needs it.
+                from lionagi_qe.db import migrate
+
                 try:
                     if self._auto_migrate:
                         await migrate.upgrade(self._engine)

@@ -97,7 +97,8 @@ async def current(bind: AsyncEngine | AsyncConnection) -> str | None:
 def head() -> str:
     """The newest revision the installed scripts know."""
     head_revision = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head_revision is not None
+    if head_revision is None:
+        raise FileNotFoundError("lionagi_qe's Alembic scripts have no revisions")
     return head_revision
 
 

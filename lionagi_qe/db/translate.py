@@ -20,7 +20,9 @@ __all__ = ["FOREIGN_KEY_VIOLATION", "sqlstate_of", "translate"]
 FOREIGN_KEY_VIOLATION = "23503"
 _SCHEMA_MISSING = {"42P01", "3F000", "42883"}
 _BAD_VALUE = {"22003", "22P02", "22023", "22P05", "2202E"}
-_UNAVAILABLE_CLASSES = ("08", "53", "57", "58", "40", "55")
+# Connection, resources, operator intervention, system, rollback, state, authentication and
+# "catalog (database) does not exist": the server cannot do the work now, whatever the input.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58", "40", "55", "28", "3D")
 
 SCHEMA_HINT = "the database has no lionagi_qe schema; run `lionagi-qe db upgrade`"
 
