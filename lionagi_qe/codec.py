@@ -6,12 +6,17 @@ the stored form all come from the same string.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
+import enum
 import json
 import re
+import uuid
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from lionagi_qe.errors import SerializationError, ValueTooLargeError
@@ -28,8 +33,16 @@ _encoder = json.JSONEncoder(
 )
 
 
+#: What may stand in a value besides plain JSON (SPEC §3); anything else is refused rather than
+#: quietly turned into a string (pydantic would store ``b"x"`` as ``"x"`` and ``1j`` as ``"1j"``).
+_ACCEPTED = (BaseModel, datetime.datetime, datetime.date, uuid.UUID, decimal.Decimal, enum.Enum)
+
+
 def _default(obj: Any) -> Any:
     """Turn pydantic models, dataclasses, datetimes, UUIDs, Decimals and Enums into JSON."""
+    is_dataclass = dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+    if not (is_dataclass or isinstance(obj, _ACCEPTED)):
+        raise TypeError(f"{type(obj).__name__} has no JSON form")
     try:
         return to_jsonable_python(obj)
     except PydanticSerializationError as exc:

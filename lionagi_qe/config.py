@@ -19,20 +19,33 @@ __all__ = ["DEFAULT_DATABASE_URL", "Settings", "mask_url"]
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./aqe-memory.db"
 
 
+def _mask_userinfo(url: str) -> str:
+    # Split at the last "@" of the authority, as redis-py and urllib do: a raw "@" inside a
+    # password must not leak its tail.
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    userinfo, _, host = authority.rpartition("@")
+    if ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
+
+
 def mask_url(url: str | None) -> str | None:
     """Return ``url`` with any password replaced by ``***``."""
     if url is None:
         return None
+    authority = url.partition("://")[2].partition("/")[0]
+    if url.startswith(("redis://", "rediss://", "unix://")) or authority.count("@") > 1:
+        return _mask_userinfo(url)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        # Not an SQLAlchemy URL (e.g. redis://): mask the userinfo by hand.
-        scheme, sep, rest = url.partition("://")
-        if not sep or "@" not in rest:
-            return url
-        userinfo, _, host = rest.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in userinfo else url
+    except (ArgumentError, ValueError):
+        return _mask_userinfo(url)
 
 
 class Settings(BaseSettings):

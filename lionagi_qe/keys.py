@@ -10,7 +10,7 @@ The glob language (one for every backend):
 
 A compiled :class:`GlobPattern` gives the exact Python regex, the literal prefix (for an
 index range scan), the same regex anchored for PostgreSQL's ``~`` (Python's escapes are valid
-ARE escapes), an exact SQLite ``GLOB`` form where one exists, and Redis ``MATCH`` syntax.
+ARE escapes) and an exact SQLite ``GLOB`` form where one exists.
 """
 
 from __future__ import annotations
@@ -108,7 +108,10 @@ def validate_ttl(ttl: object, *, allow_none: bool = True) -> float | None:
         raise InvalidTTLError("ttl is required here")
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise InvalidTTLError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
-    seconds = float(ttl)
+    try:
+        seconds = float(ttl)
+    except OverflowError:
+        raise InvalidTTLError("ttl is too large; use None for no expiry") from None
     if not math.isfinite(seconds) or seconds <= 0:
         raise InvalidTTLError(f"ttl must be > 0 seconds and finite, got {ttl!r}")
     if seconds > 100 * 365 * 86400:
@@ -144,8 +147,6 @@ class GlobPattern:
     """The anchored regex for PostgreSQL's ``~`` operator."""
     sqlite_glob: str | None
     """An exact SQLite ``GLOB`` form, or None where SQLite's class syntax cannot say it."""
-    redis_glob: str
-    """The same pattern in Redis ``MATCH`` syntax (exact, classes included)."""
 
     def matches(self, key: str) -> bool:
         """Return True if ``key`` matches the whole pattern."""
@@ -174,20 +175,19 @@ def _sqlite_class(members: list[tuple[str, str]], negate: bool) -> str | None:
     return f"[{'^' if negate else ''}{body}]"
 
 
-def _redis_escape(char: str) -> str:
-    return "\\" + char if char in "*?[]\\^-" else char
-
-
-@lru_cache(maxsize=1024)
 def compile_glob(pattern: str) -> GlobPattern:
     """Parse a glob pattern (see the module docstring); raise InvalidPatternError if malformed."""
     if not isinstance(pattern, str):
         raise InvalidPatternError(f"pattern must be a str, not {type(pattern).__name__}")
+    return _compile_glob(pattern)
+
+
+@lru_cache(maxsize=1024)
+def _compile_glob(pattern: str) -> GlobPattern:
     if _CONTROL.search(pattern):
         raise InvalidPatternError("pattern must not contain control characters")
     regex: list[str] = []
     sqlite: list[str] | None = []
-    redis: list[str] = []
     prefix: list[str] = []
     prefix_open = True
     i, n = 0, len(pattern)
@@ -203,7 +203,6 @@ def compile_glob(pattern: str) -> GlobPattern:
             regex.append(".*" if char == "*" else ".")
             if sqlite is not None:
                 sqlite.append(char)
-            redis.append(char)
             i += 1
             continue
         elif char == "[":
@@ -244,15 +243,6 @@ def compile_glob(pattern: str) -> GlobPattern:
                 for lo, hi in members
             )
             regex.append(f"[{'^' if negate else ''}{body}]")
-            redis.append(
-                "["
-                + ("^" if negate else "")
-                + "".join(
-                    _redis_escape(lo) if lo == hi else f"{_redis_escape(lo)}-{_redis_escape(hi)}"
-                    for lo, hi in members
-                )
-                + "]"
-            )
             sqlite_class = _sqlite_class(members, negate)
             if sqlite is not None and sqlite_class is not None:
                 sqlite.append(sqlite_class)
@@ -268,7 +258,6 @@ def compile_glob(pattern: str) -> GlobPattern:
         regex.append(re.escape(literal))
         if sqlite is not None:
             sqlite.append(_sqlite_literal(literal))
-        redis.append(_redis_escape(literal))
     body = "".join(regex)
     return GlobPattern(
         pattern=pattern,
@@ -276,15 +265,18 @@ def compile_glob(pattern: str) -> GlobPattern:
         literal_prefix="".join(prefix),
         posix_regex=f"^{body}$",
         sqlite_glob="".join(sqlite) if sqlite is not None else None,
-        redis_glob="".join(redis),
     )
 
 
-@lru_cache(maxsize=256)
 def compile_regex(pattern: str) -> re.Pattern[str]:
     """Compile a Python regular expression for ``search(..., regex=True)``."""
     if not isinstance(pattern, str):
         raise InvalidPatternError(f"pattern must be a str, not {type(pattern).__name__}")
+    return _compile_regex(pattern)
+
+
+@lru_cache(maxsize=256)
+def _compile_regex(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as exc:

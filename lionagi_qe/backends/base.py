@@ -93,16 +93,20 @@ class MemoryBase:
 
     def _items(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[EncodedItem]:
         """Validate and encode a batch; the last value of a repeated key wins."""
+        shape = "items must be a mapping or an iterable of (key, value)"
         if isinstance(items, Mapping):
             pairs: Iterable[Any] = items.items()
         elif isinstance(items, str | bytes):
-            raise InvalidArgumentError("items must be a mapping or an iterable of (key, value)")
+            raise InvalidArgumentError(shape)
         else:
-            pairs = items
+            try:
+                pairs = iter(items)
+            except TypeError:
+                raise InvalidArgumentError(shape) from None
         batch: dict[str, EncodedItem] = {}
         for pair in pairs:
             if not isinstance(pair, tuple | list) or len(pair) != 2:
-                raise InvalidArgumentError("items must be a mapping or an iterable of (key, value)")
+                raise InvalidArgumentError(shape)
             item = self._item(pair[0], pair[1])
             batch.pop(item.key, None)
             batch[item.key] = item
@@ -111,7 +115,11 @@ class MemoryBase:
     def _keys(self, keys: Iterable[str]) -> list[str]:
         if isinstance(keys, str | bytes):
             raise InvalidArgumentError("keys must be an iterable of keys, not a single str")
-        return list(dict.fromkeys(self._key(key) for key in keys))
+        try:
+            iterator = iter(keys)
+        except TypeError:
+            raise InvalidArgumentError("keys must be an iterable of keys") from None
+        return list(dict.fromkeys(self._key(key) for key in iterator))
 
     @staticmethod
     def _ttl(ttl: object) -> float | None:
