@@ -23,6 +23,14 @@ __all__ = ["DatabaseManager"]
 logger = logging.getLogger(__name__)
 
 
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise translate(exc) from exc
+
+
 class DatabaseManager:
     """Owns an :class:`AsyncEngine` for PostgreSQL (or SQLite) and hands out sessions.
 
@@ -74,15 +82,40 @@ class DatabaseManager:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on success, rolled back on error."""
-        async with self.session_factory() as session, session.begin():
-            yield session
+        """A session inside one transaction: committed on success, rolled back on error.
+
+        Pool, network and driver errors (checkout, commit) come out translated; the caller's own
+        exceptions pass through unchanged.
+        """
+        async with self.session_factory() as session:
+            async with _translated():
+                await session.begin()
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            async with _translated():
+                await session.commit()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection inside one transaction."""
-        async with self.engine.begin() as conn:
-            yield conn
+        """A pooled connection inside one transaction (errors translated as in :meth:`session`)."""
+        engine = self.engine
+        async with _translated():
+            conn = await engine.connect()
+        try:
+            async with _translated():
+                await conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                await conn.rollback()
+                raise
+            async with _translated():
+                await conn.commit()
+        finally:
+            await conn.close()
 
     async def connect(self) -> None:
         """Open ``min_connections`` connections now and check that the server answers."""

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from lionagi_qe.config import mask_url
 from lionagi_qe.testing.servers import check_postgres, check_redis
 
 __all__ = [
@@ -172,7 +173,7 @@ def _percentile(sorted_samples: list[float], percent: float) -> float:
 
 @dataclass(frozen=True)
 class ServerHealth:
-    """One server's health: None problem means it answered."""
+    """One server's health: None problem means it answered; ``url`` has its password masked."""
 
     name: str
     url: str
@@ -187,12 +188,16 @@ class ServerHealth:
 
 _START_POSTGRES = (
     "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main start "
-    "(Debian), or: docker compose -f docker-compose-test.yml up -d postgres-test"
+    "(Debian), or: docker compose -f docker-compose-test.yml up -d postgres"
 )
 _START_REDIS = (
     "redis-server --daemonize yes --port 6379 --save '' --appendonly no, "
-    "or: docker compose -f docker-compose-test.yml up -d redis-test"
+    "or: docker compose -f docker-compose-test.yml up -d redis"
 )
+
+
+def _masked(url: str) -> str:
+    return mask_url(url) or url
 
 
 def health_check(postgres_url: str | None, redis_url: str | None) -> list[ServerHealth]:
@@ -200,8 +205,12 @@ def health_check(postgres_url: str | None, redis_url: str | None) -> list[Server
     report: list[ServerHealth] = []
     if postgres_url is not None:
         report.append(
-            ServerHealth("PostgreSQL", postgres_url, check_postgres(postgres_url), _START_POSTGRES)
+            ServerHealth(
+                "PostgreSQL", _masked(postgres_url), check_postgres(postgres_url), _START_POSTGRES
+            )
         )
     if redis_url is not None:
-        report.append(ServerHealth("Redis", redis_url, check_redis(redis_url), _START_REDIS))
+        report.append(
+            ServerHealth("Redis", _masked(redis_url), check_redis(redis_url), _START_REDIS)
+        )
     return report
