@@ -3,7 +3,6 @@
 from lionagi_qe.backends.protocol import MemoryBackend
 from lionagi_qe.backends.sql import PostgresMemory
 from lionagi_qe.config import Settings
-from lionagi_qe.db.manager import DatabaseManager
 from lionagi_qe.entry import MemoryEntry
 from lionagi_qe.errors import (
     BackendUnavailableError,
@@ -22,6 +21,7 @@ from lionagi_qe.errors import (
     VersionConflictError,
 )
 from lionagi_qe.factory import open_memory
+from lionagi_qe.learning.db_manager import DatabaseManager
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from lionagi_qe import codec
 from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, MemoryBase
 from lionagi_qe.db.engine import create_engine
-from lionagi_qe.db.manager import DatabaseManager
+from lionagi_qe.db.manager import Database
 from lionagi_qe.db.translate import FOREIGN_KEY_VIOLATION, SCHEMA_HINT, sqlstate_of, translate
 from lionagi_qe.entry import MemoryEntry
 from lionagi_qe.errors import (
@@ -36,9 +36,7 @@ __all__ = ["PostgresMemory"]
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DatabaseSource = (
-    DatabaseManager | AsyncEngine | async_sessionmaker[AsyncSession] | AsyncSession | str
-)
+DatabaseSource = Database | AsyncEngine | async_sessionmaker[AsyncSession] | AsyncSession | str
 
 
 class PostgresMemory(MemoryBase):
@@ -77,7 +75,7 @@ class PostgresMemory(MemoryBase):
         self._session: AsyncSession | None = None
         if isinstance(db_manager, str):
             self._owned_engine = self._engine = create_engine(db_manager, **engine_options)
-        elif isinstance(db_manager, DatabaseManager):
+        elif isinstance(db_manager, Database):
             self._engine = db_manager.engine
         elif isinstance(db_manager, AsyncEngine):
             self._engine = db_manager

@@ -1,4 +1,7 @@
-"""``DatabaseManager``: one engine, its pool and its session factory, owned in one place."""
+"""``Database``: one engine, its pool and its session factory, owned in one place.
+
+:class:`lionagi_qe.DatabaseManager` (the Q-learning store) builds on it.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from lionagi_qe.db.engine import create_engine, normalize_url
 from lionagi_qe.db.translate import translate
 from lionagi_qe.errors import ClosedError, InvalidArgumentError
 
-__all__ = ["DatabaseManager"]
+__all__ = ["Database"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ async def _translated() -> AsyncIterator[None]:
         raise translate(exc) from exc
 
 
-class DatabaseManager:
+class Database:
     """Owns an :class:`AsyncEngine` for PostgreSQL (or SQLite) and hands out sessions.
 
     Args:
@@ -66,7 +69,7 @@ class DatabaseManager:
     def engine(self) -> AsyncEngine:
         """The engine; ClosedError after :meth:`close`."""
         if self._engine is None:
-            raise ClosedError("this DatabaseManager is closed")
+            raise ClosedError(f"this {type(self).__name__} is closed")
         return self._engine
 
     @property
@@ -156,4 +159,4 @@ class DatabaseManager:
 
     def __repr__(self) -> str:
         url = self.database_url.render_as_string(hide_password=True)
-        return f"<DatabaseManager {url} max_connections={self.max_connections}>"
+        return f"<{type(self).__name__} {url} max_connections={self.max_connections}>"

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lionagi_qe.db.manager import DatabaseManager
+from lionagi_qe import DatabaseManager
 from lionagi_qe.errors import (
     BackendUnavailableError,
     ClosedError,

@@ -23,12 +23,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
 
-from lionagi_qe import open_memory
+from lionagi_qe import DatabaseManager, open_memory
 from lionagi_qe.backends.sql import PostgresMemory
 from lionagi_qe.config import Settings
 from lionagi_qe.db import migrate
 from lionagi_qe.db.engine import create_engine
-from lionagi_qe.db.manager import DatabaseManager
 from lionagi_qe.db.translate import translate
 from lionagi_qe.errors import (
     BackendUnavailableError,
