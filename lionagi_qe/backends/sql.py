@@ -178,11 +178,11 @@ class PostgresMemory(MemoryBase):
         if self._engine is not None:
             self._known_partitions.add(partition)
 
-    async def _with_partition(self, partition: str, write: Any) -> Any:
+    async def _with_partition(self, partition: str, write: Any, *, atomic: bool = False) -> Any:
         """Run ``write(repo)`` after making sure ``partition`` exists; retry once if it vanished."""
         for attempt in (1, 2):
             try:
-                async with self._repository(write=True) as repo:
+                async with self._repository(write=True, atomic=atomic) as repo:
                     await self._ensure_partition(repo, partition)
                     return await write(repo)
             except PersistenceError as exc:
@@ -363,18 +363,12 @@ class PostgresMemory(MemoryBase):
         if not batch:
             return 0
         rows = [StoreRow(item.key, item.value_json, item.size_bytes) for item in batch]
-        for attempt in (1, 2):
-            try:
-                async with self._repository(atomic=True) as repo:
-                    await self._ensure_partition(repo, label)
-                    await repo.store_many(rows, partition=label, ttl=seconds)
-                return len(rows)
-            except PersistenceError as exc:
-                cause = exc.__cause__
-                if attempt == 2 or cause is None or sqlstate_of(cause) != FOREIGN_KEY_VIOLATION:
-                    raise
-                self._known_partitions.discard(label)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def write(repo: MemoryRepository) -> None:
+            await repo.store_many(rows, partition=label, ttl=seconds)
+
+        await self._with_partition(label, write, atomic=True)
+        return len(rows)
 
     async def retrieve_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The live entries among ``keys`` (missing and expired keys are left out)."""

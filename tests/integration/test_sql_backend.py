@@ -688,3 +688,19 @@ async def test_partitions_are_rows_in_the_partitions_table(
     assert count == 1
     assert await memory.clear_partition("labelled") == 1
     assert await memory.retrieve(key) is None
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["store", "store_many"])
+async def test_partition_row_deleted_behind_our_back_is_recreated(
+    postgres_memory: PostgresMemory, aqe_engine: AsyncEngine, batch: bool
+) -> None:
+    """The known-partition cache skips a round trip; a vanished label must still work."""
+    await postgres_memory.store("aqe/test/label/1", 1, partition="volatile")
+    await postgres_memory.clear_partition("volatile")
+    async with aqe_engine.begin() as conn:
+        await conn.execute(text("DELETE FROM partitions WHERE name = 'volatile'"))
+    if batch:
+        assert await postgres_memory.store_many({"aqe/test/label/2": 2}, partition="volatile") == 1
+    else:
+        assert await postgres_memory.store("aqe/test/label/2", 2, partition="volatile") == 1
+    assert (await postgres_memory.get_stats())["partitions"] == {"volatile": 1}
