@@ -20,7 +20,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from lionagi_qe.testing import servers
+from lionagi_qe.testing import servers, throwaway
 from lionagi_qe.testing.servers import (
     FoundServer,
     ServerUnavailableError,
@@ -337,7 +337,7 @@ def test_refuses_to_drop_the_admin_database() -> None:
 CHILD = textwrap.dedent(
     """
     import json, sys
-    from lionagi_qe.testing import servers
+    from lionagi_qe.testing import servers, throwaway
 
     kind, how = sys.argv[1], sys.argv[2]
     if how == "find":  # nothing else reachable: the search must fall through to a throwaway
@@ -349,9 +349,9 @@ CHILD = textwrap.dedent(
         found = servers.find_postgres() if kind == "postgres" else servers.find_redis()
     else:
         if kind == "postgres":
-            found = servers.start_throwaway_postgres()
+            found = throwaway.start_throwaway_postgres()
         else:
-            found = servers.start_throwaway_redis()
+            found = throwaway.start_throwaway_redis()
     print(json.dumps([found.url, found.source]), flush=True)
     sys.stdin.readline()  # hold the server until the test lets go
     """
@@ -362,7 +362,7 @@ def _have_binaries(kind: str) -> bool:
     if kind == "redis":
         return shutil.which("redis-server") is not None
     try:
-        servers._postgres_bin_dir()
+        throwaway._postgres_bin_dir()
     except servers._StartError:
         return False
     return True
@@ -444,9 +444,9 @@ def test_throwaway_server_is_shared_and_stopped_by_its_last_user(
     check = check_postgres if kind == "postgres" else check_redis
 
     found = (
-        servers.start_throwaway_postgres()
+        throwaway.start_throwaway_postgres()
         if kind == "postgres"
-        else servers.start_throwaway_redis()
+        else throwaway.start_throwaway_redis()
     )
     # A user that died without releasing it must not keep the server alive.
     joined = json.loads(state_file.read_text())
@@ -468,10 +468,10 @@ def test_throwaway_server_is_shared_and_stopped_by_its_last_user(
             for child in children:
                 _let_go(child)
                 assert check(found.url) is None, "this process still uses it"
-            servers.release_throwaway(found)
+            throwaway.release_throwaway(found)
         else:
-            servers.release_throwaway(found)
-            servers.release_throwaway(found)  # a second release is a no-op
+            throwaway.release_throwaway(found)
+            throwaway.release_throwaway(found)  # a second release is a no-op
             assert check(found.url) is None, "the children still use it"
             children[0].kill()  # a crashed worker never releases its reference
             children[0].wait()
@@ -485,7 +485,7 @@ def test_throwaway_server_is_shared_and_stopped_by_its_last_user(
             if child.poll() is None:
                 child.kill()
                 child.wait()
-        servers.release_throwaway(found)
+        throwaway.release_throwaway(found)
 
 
 def test_stop_throwaway_servers_without_servers_is_a_no_op(
@@ -493,7 +493,7 @@ def test_stop_throwaway_servers_without_servers_is_a_no_op(
 ) -> None:
     monkeypatch.setenv("AQE_TEST_SERVERS_DIR", str(tmp_path))
 
-    servers.stop_throwaway_servers(force=True)
-    servers.release_throwaway(FoundServer("redis://127.0.0.1:1/0", "throwaway"))
+    throwaway.stop_throwaway_servers(force=True)
+    throwaway.release_throwaway(FoundServer("redis://127.0.0.1:1/0", "throwaway"))
 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["postgres.lock", "redis.lock"]
