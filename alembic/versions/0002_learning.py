@@ -19,6 +19,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 JSON_DOCUMENT = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
+# Surrogate keys: 64-bit on PostgreSQL; on SQLite only a column declared exactly INTEGER is the
+# auto-numbered rowid.
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 NOW = sa.func.now()
 ZERO = sa.text("0")
 EMPTY_JSON = sa.text("'{}'")
@@ -103,7 +106,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "patterns",
-        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("id", ID, sa.Identity(always=False), nullable=False),
         sa.Column("agent_type", sa.String(length=100), nullable=False),
         sa.Column("pattern_name", sa.String(length=255), nullable=False),
         sa.Column(
@@ -117,6 +120,7 @@ def upgrade() -> None:
         sa.Column("success_count", sa.Integer(), server_default=ZERO, nullable=False),
         sa.Column("failure_count", sa.Integer(), server_default=ZERO, nullable=False),
         sa.Column("average_reward", sa.Double(), server_default=ZERO, nullable=False),
+        sa.Column("reward_count", sa.Integer(), server_default=ZERO, nullable=False),
         *_timestamps("created_at", "updated_at"),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         _agent_fk("patterns"),
@@ -127,7 +131,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "q_values",
-        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("id", ID, sa.Identity(always=False), nullable=False),
         sa.Column("agent_type", sa.String(length=100), nullable=False),
         sa.Column("state_hash", sa.String(length=128), nullable=False),
         sa.Column("action_hash", sa.String(length=128), nullable=False),
@@ -175,7 +179,7 @@ def upgrade() -> None:
     op.create_index("ix_sessions_agent_type_started_at", "sessions", ["agent_type", "started_at"])
     op.create_table(
         "trajectories",
-        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("id", ID, sa.Identity(always=False), nullable=False),
         sa.Column("agent_type", sa.String(length=100), nullable=False),
         sa.Column("session_id", sa.Uuid(), nullable=True),
         sa.Column("agent_instance_id", sa.String(length=100), nullable=True),
@@ -207,7 +211,7 @@ def upgrade() -> None:
     op.create_index("ix_trajectories_session_id", "trajectories", ["session_id"])
     op.create_table(
         "rewards",
-        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("id", ID, sa.Identity(always=False), nullable=False),
         sa.Column("agent_type", sa.String(length=100), nullable=False),
         sa.Column("session_id", sa.Uuid(), nullable=True),
         sa.Column("trajectory_id", sa.BigInteger(), nullable=True),
@@ -242,10 +246,16 @@ def upgrade() -> None:
         "rewards",
         ["agent_type", "state_hash", "action_hash"],
     )
+    # Deleting a trajectory or session sets these to NULL: index them, or every deleted row
+    # costs a scan of the rewards table.
+    op.create_index("ix_rewards_trajectory_id", "rewards", ["trajectory_id"])
+    op.create_index("ix_rewards_session_id", "rewards", ["session_id"])
 
 
 def downgrade() -> None:
     """Drop the learning tables."""
+    op.drop_index("ix_rewards_session_id", table_name="rewards")
+    op.drop_index("ix_rewards_trajectory_id", table_name="rewards")
     op.drop_index("ix_rewards_agent_type_state_hash_action_hash", table_name="rewards")
     op.drop_table("rewards")
     op.drop_index("ix_trajectories_session_id", table_name="trajectories")

@@ -63,6 +63,11 @@ QE_AGENT_TYPES: dict[str, str] = {
 }
 
 
+#: Surrogate keys: 64-bit on PostgreSQL; on SQLite only a column declared exactly ``INTEGER``
+#: becomes the auto-numbered rowid (``BIGINT`` would need every insert to supply an id).
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
 def _agent_type_fk() -> ForeignKey:
     return ForeignKey("agent_types.agent_type", onupdate="CASCADE")
 
@@ -105,7 +110,7 @@ class QValue(Base):
 
     __tablename__ = "q_values"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    id: Mapped[int] = mapped_column(_ID, Identity(), primary_key=True)
     agent_type: Mapped[str] = mapped_column(String(100), _agent_type_fk())
     state_hash: Mapped[str] = mapped_column(String(128))
     action_hash: Mapped[str] = mapped_column(String(128))
@@ -129,7 +134,7 @@ class Trajectory(Base):
 
     __tablename__ = "trajectories"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    id: Mapped[int] = mapped_column(_ID, Identity(), primary_key=True)
     agent_type: Mapped[str] = mapped_column(String(100), _agent_type_fk())
     session_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid(), ForeignKey("sessions.session_id", ondelete="SET NULL")
@@ -162,7 +167,7 @@ class Reward(Base):
 
     __tablename__ = "rewards"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    id: Mapped[int] = mapped_column(_ID, Identity(), primary_key=True)
     agent_type: Mapped[str] = mapped_column(String(100), _agent_type_fk())
     session_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid(), ForeignKey("sessions.session_id", ondelete="SET NULL")
@@ -184,6 +189,10 @@ class Reward(Base):
             "state_hash",
             "action_hash",
         ),
+        # Deleting a trajectory or session sets these to NULL: without an index each deleted
+        # row would cost a scan of the whole rewards table.
+        Index("ix_rewards_trajectory_id", "trajectory_id"),
+        Index("ix_rewards_session_id", "session_id"),
     )
 
 
@@ -192,7 +201,7 @@ class Pattern(Base):
 
     __tablename__ = "patterns"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    id: Mapped[int] = mapped_column(_ID, Identity(), primary_key=True)
     agent_type: Mapped[str] = mapped_column(String(100), _agent_type_fk())
     pattern_name: Mapped[str] = mapped_column(String(255))
     pattern_type: Mapped[str] = mapped_column(String(50), server_default=text("'general'"))
@@ -201,6 +210,9 @@ class Pattern(Base):
     success_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     failure_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     average_reward: Mapped[float] = mapped_column(server_default=text("0"))
+    #: Uses that carried a reward: the weight of ``average_reward`` (a use without one leaves
+    #: the average alone).
+    reward_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_used_at: Mapped[datetime | None] = mapped_column()

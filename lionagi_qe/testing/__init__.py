@@ -1,8 +1,12 @@
 """The lionagi_qe testing kit: a pytest plugin, factories and helpers for projects using us."""
 
 from lionagi_qe.testing.factories import (
+    AgentStateFactory,
+    LearningSessionFactory,
     MemoryEntryFactory,
+    PatternFactory,
     QValueFactory,
+    RewardFactory,
     TrajectoryFactory,
     persist,
 )
@@ -16,10 +20,14 @@ from lionagi_qe.testing.helpers import (
 )
 
 __all__ = [
+    "AgentStateFactory",
     "ConcurrencyReport",
+    "LearningSessionFactory",
     "MemoryEntryFactory",
+    "PatternFactory",
     "PerformanceTracker",
     "QValueFactory",
+    "RewardFactory",
     "ServerHealth",
     "TrajectoryFactory",
     "health_check",

@@ -6,15 +6,33 @@ test decides when (and in which transaction) rows reach the database.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import factory
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lionagi_qe.models import MemoryEntry, QValue, Trajectory
+from lionagi_qe.models import (
+    AgentState,
+    LearningSession,
+    MemoryEntry,
+    Pattern,
+    QValue,
+    Reward,
+    Trajectory,
+)
 from lionagi_qe.models.learning import QE_AGENT_TYPES
 
-__all__ = ["MemoryEntryFactory", "QValueFactory", "TrajectoryFactory", "persist"]
+__all__ = [
+    "AgentStateFactory",
+    "LearningSessionFactory",
+    "MemoryEntryFactory",
+    "PatternFactory",
+    "QValueFactory",
+    "RewardFactory",
+    "TrajectoryFactory",
+    "persist",
+]
 
 _AGENT_TYPES = sorted(QE_AGENT_TYPES)
 
@@ -73,3 +91,68 @@ async def persist(session: AsyncSession, *instances: Any) -> None:
     """Add ``instances`` to ``session`` and flush (the caller's transaction decides the rest)."""
     session.add_all(instances)
     await session.flush()
+
+
+# -- the other Q-learning tables (sessions, rewards, patterns, agent states) ------------------
+
+
+class LearningSessionFactory(factory.Factory):  # type: ignore[misc,name-defined]
+    """An active learning session of one of the seeded agent types."""
+
+    class Meta:
+        model = LearningSession
+
+    session_id = factory.LazyFunction(uuid.uuid4)
+    agent_type = factory.Iterator(_AGENT_TYPES)
+    session_name = factory.Sequence(lambda n: f"session-{n:06d}")
+    environment = "test"
+    status = "active"
+    metadata_ = factory.LazyFunction(dict)
+
+
+class RewardFactory(factory.Factory):  # type: ignore[misc,name-defined]
+    """A reward for a state-action pair of one of the seeded agent types."""
+
+    class Meta:
+        model = Reward
+
+    agent_type = factory.Iterator(_AGENT_TYPES)
+    state_hash = factory.Sequence(lambda n: f"state-{n:06d}")
+    action_hash = factory.Sequence(lambda n: f"action-{n:06d}")
+    reward_value = factory.Faker("pyfloat", min_value=-1, max_value=1)
+    reward_type = "immediate"
+
+
+class PatternFactory(factory.Factory):  # type: ignore[misc,name-defined]
+    """A pattern with consistent counts (usage = successes + failures)."""
+
+    class Meta:
+        model = Pattern
+
+    agent_type = factory.Iterator(_AGENT_TYPES)
+    pattern_name = factory.Sequence(lambda n: f"pattern-{n:06d}")
+    pattern_type = "general"
+    pattern_data = factory.LazyFunction(lambda: {"template": "boundary-values"})
+    success_count = 3
+    failure_count = 1
+    usage_count = factory.LazyAttribute(lambda p: p.success_count + p.failure_count)
+    reward_count = factory.LazyAttribute(lambda p: p.usage_count)
+    average_reward = 0.5
+
+
+class AgentStateFactory(factory.Factory):  # type: ignore[misc,name-defined]
+    """The learning state of one agent instance."""
+
+    class Meta:
+        model = AgentState
+
+    agent_type = factory.Iterator(_AGENT_TYPES)
+    agent_instance_id = factory.Sequence(lambda n: f"instance-{n:06d}")
+    total_episodes = 5
+    total_actions = 20
+    successful_actions = 15
+    total_reward = 12.5
+    epsilon = 0.1
+    learning_rate = 0.1
+    discount_factor = 0.95
+    state_data = factory.LazyFunction(dict)
