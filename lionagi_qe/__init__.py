@@ -1,7 +1,9 @@
 """lionagi_qe: persistence for fleets of QE agents (memory, coordination, Q-learning)."""
 
 from lionagi_qe.backends.protocol import MemoryBackend
+from lionagi_qe.backends.redis import RedisMemory
 from lionagi_qe.backends.sql import PostgresMemory
+from lionagi_qe.cache import CachedMemory
 from lionagi_qe.config import Settings
 from lionagi_qe.entry import MemoryEntry
 from lionagi_qe.errors import (
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "CachedMemory",
     "ClosedError",
     "DatabaseManager",
     "InvalidArgumentError",
@@ -40,6 +43,7 @@ __all__ = [
     "MemoryEntry",
     "PersistenceError",
     "PostgresMemory",
+    "RedisMemory",
     "SchemaMissingError",
     "SerializationError",
     "Settings",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from lionagi_qe.backends.protocol import MemoryBackend
+from lionagi_qe.backends.redis import RedisMemory
 from lionagi_qe.backends.sql import PostgresMemory
+from lionagi_qe.cache import CachedMemory
 from lionagi_qe.config import Settings
-from lionagi_qe.errors import BackendUnavailableError, InvalidArgumentError
+from lionagi_qe.errors import InvalidArgumentError
 
 __all__ = ["open_memory"]
 
@@ -38,7 +40,16 @@ def open_memory(
     if _is_redis(database_url):
         if redis_url is not None:
             raise InvalidArgumentError("two Redis URLs: put the database URL first")
-        raise BackendUnavailableError("RedisMemory is not available in this version yet")
+        # The cache's 0.25 s socket timeout is not used here: as a store, Redis may run a
+        # large store_many for longer than that.
+        return RedisMemory(
+            url=database_url,
+            namespace=config.namespace,
+            max_value_bytes=config.max_value_bytes,
+            max_connections=config.pool_size,
+            pool_timeout=config.pool_timeout,
+            socket_connect_timeout=config.redis_socket_connect_timeout,
+        )
     sql = PostgresMemory(
         database_url,
         namespace=config.namespace,
@@ -50,5 +61,11 @@ def open_memory(
         statement_timeout=config.statement_timeout,
     )
     if redis_url is not None:
-        raise BackendUnavailableError("CachedMemory is not available in this version yet")
+        return CachedMemory(
+            sql,
+            redis_url=redis_url,
+            cache_ttl=config.cache_ttl,
+            socket_timeout=config.redis_socket_timeout,
+            socket_connect_timeout=config.redis_socket_connect_timeout,
+        )
     return sql

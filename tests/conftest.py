@@ -8,10 +8,12 @@ import pytest
 
 pytest_plugins = ["lionagi_qe.testing.plugin"]
 
-#: Every backend the contract suite runs against (the Redis issues add theirs here).
+#: Every backend the contract suite runs against.
 BACKENDS = [
     pytest.param("postgres_memory", id="postgres", marks=[pytest.mark.postgres]),
     pytest.param("sqlite_memory", id="sqlite"),
+    pytest.param("redis_memory", id="redis", marks=[pytest.mark.redis]),
+    pytest.param("cached_memory", id="cached", marks=[pytest.mark.postgres, pytest.mark.redis]),
 ]
 
 

@@ -289,6 +289,11 @@ def _increment_statement(dialect: str, delta_is_int: bool, *, with_ttl: bool = F
         returning = "qe_memory.value, qe_memory.version"
     expired = expired.format(now=now)
     keep_ttl = "excluded.expires_at" if with_ttl else "qe_memory.expires_at"
+    # size_bytes stays exact: key plus the new value's JSON, in UTF-8 bytes.
+    if dialect == "postgresql":
+        new_size = f"octet_length(qe_memory.key) + octet_length(CAST(({added}) AS TEXT))"
+    else:
+        new_size = f"length(CAST(qe_memory.key AS BLOB)) + length(CAST(({added}) AS BLOB))"
     sql = f"""
         INSERT INTO qe_memory (key, value, partition, metadata, version, size_bytes,
                                created_at, updated_at, expires_at)
@@ -301,7 +306,7 @@ def _increment_statement(dialect: str, delta_is_int: bool, *, with_ttl: bool = F
             created_at = CASE WHEN {expired} THEN excluded.created_at
                               ELSE qe_memory.created_at END,
             expires_at = CASE WHEN {expired} THEN excluded.expires_at ELSE {keep_ttl} END,
-            size_bytes = excluded.size_bytes,
+            size_bytes = CASE WHEN {expired} THEN excluded.size_bytes ELSE {new_size} END,
             updated_at = excluded.updated_at
         WHERE {expired} OR ({numeric})
         RETURNING {returning}

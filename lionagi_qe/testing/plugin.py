@@ -11,6 +11,8 @@ Enable it in a project's ``conftest.py`` with ``pytest_plugins = ["lionagi_qe.te
 - ``aqe_session``: an :class:`AsyncSession` inside an outer transaction that is rolled back after
   the test; ``join_transaction_mode="create_savepoint"`` keeps code that commits inside it.
 - ``postgres_memory`` / ``sqlite_memory``: memories that start empty and are emptied afterwards.
+- ``aqe_redis_url`` (session), ``redis_memory`` and ``cached_memory``: Redis-backed memories under
+  a key prefix of the test's own, deleted afterwards.
 - ``aqe_sqlite_url``: a migrated SQLite file of the test's own.
 - ``concurrency``: :func:`~lionagi_qe.testing.helpers.run_concurrently`;
   ``performance_tracker``: a fresh :class:`~lionagi_qe.testing.helpers.PerformanceTracker`.
@@ -194,6 +196,65 @@ async def sqlite_memory(aqe_sqlite_url: str) -> AsyncIterator[PostgresMemory]:
         yield memory
     finally:
         await memory.close()
+
+
+@pytest.fixture(scope="session")
+def aqe_redis_url(aqe_redis_server: FoundServer) -> str:
+    """URL of the test Redis server."""
+    return aqe_redis_server.url
+
+
+def _redis_prefix() -> str:
+    # Every key a Redis-backed memory writes starts with its prefix: one per test isolates tests
+    # (and xdist workers) sharing one server, and lets the fixture delete exactly its own keys.
+    return f"aqe-test:{uuid.uuid4().hex[:12]}:"
+
+
+async def _delete_redis_prefix(url: str, prefix: str) -> None:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis_memory(aqe_redis_url: str) -> AsyncIterator[Any]:
+    """A RedisMemory under a key prefix of this test's own; its keys are deleted afterwards."""
+    from lionagi_qe.backends.redis import RedisMemory
+
+    prefix = _redis_prefix()
+    memory = RedisMemory(url=aqe_redis_url, prefix=prefix)
+    try:
+        yield memory
+    finally:
+        await memory.close()
+        await _delete_redis_prefix(aqe_redis_url, prefix)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def cached_memory(aqe_engine: AsyncEngine, aqe_redis_url: str) -> AsyncIterator[Any]:
+    """A CachedMemory: the worker's PostgreSQL database behind a Redis cache of its own prefix."""
+    from lionagi_qe.cache import CachedMemory
+
+    await _empty_memory_tables(aqe_engine)
+    prefix = _redis_prefix()
+    memory = CachedMemory(PostgresMemory(aqe_engine), redis_url=aqe_redis_url, prefix=prefix)
+    try:
+        yield memory
+    finally:
+        await memory.close()
+        await _delete_redis_prefix(aqe_redis_url, prefix)
+        await _empty_memory_tables(aqe_engine)
 
 
 @pytest.fixture

@@ -62,6 +62,13 @@ async def test_stats_shape_and_sizes(memory: Any) -> None:
     assert stats["size_mb"] == pytest.approx(expected / 1024 / 1024, abs=1e-6)
 
 
+async def test_stats_size_follows_counters(memory: Any) -> None:
+    await memory.increment("aqe/test/size-counter", 7)
+    await memory.increment("aqe/test/size-counter", 1000)
+    await memory.increment("aqe/test/size-counter", 0.5)
+    assert (await memory.get_stats())["size_bytes"] == len("aqe/test/size-counter") + len("1007.5")
+
+
 async def test_stats_size_counts_utf8_bytes(memory: Any) -> None:
     await memory.store("aqe/test/é", "ü")
     assert (await memory.get_stats())["size_bytes"] == len("aqe/test/é".encode()) + len(
