@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import pytest
+from pg_activity import app_args, app_name, backends, settled_backends
 from sqlalchemy import make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,33 +26,6 @@ postgres = pytest.mark.postgres
 def _plain(url: str) -> str:
     """The URL as the original API took it: ``postgresql://`` with no driver."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _app_name() -> str:
-    return f"aqe-dbm-{uuid.uuid4().hex[:12]}"
-
-
-def _app_args(app: str) -> dict[str, Any]:
-    return {"connect_args": {"server_settings": {"application_name": app}}}
-
-
-async def _backends(engine: AsyncEngine, app: str) -> int:
-    async with engine.connect() as conn:
-        count = await conn.scalar(
-            text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :app"),
-            {"app": app},
-        )
-    return int(count or 0)
-
-
-async def _settled_backends(engine: AsyncEngine, app: str, expected: int) -> int:
-    count = await _backends(engine, app)
-    for _ in range(100):
-        if count == expected:
-            break
-        await asyncio.sleep(0.05)
-        count = await _backends(engine, app)
-    return count
 
 
 async def _partition_exists(engine: AsyncEngine, name: str) -> bool:
@@ -112,19 +85,19 @@ def test_bad_pool_bounds_are_refused(min_connections: int, max_connections: int)
 async def test_connect_opens_min_connections_ahead_of_use(
     aqe_database_url: str, aqe_engine: AsyncEngine
 ) -> None:
-    app = _app_name()
+    app = app_name()
     manager = DatabaseManager(
-        _plain(aqe_database_url), min_connections=3, max_connections=5, **_app_args(app)
+        _plain(aqe_database_url), min_connections=3, max_connections=5, **app_args(app)
     )
     try:
         assert manager.engine.pool.checkedin() == 0
-        assert await _backends(aqe_engine, app) == 0
+        assert await backends(aqe_engine, app) == 0
 
         await manager.connect()
 
         assert manager.engine.pool.checkedin() >= 3
         assert manager.engine.pool.checkedout() == 0
-        assert await _backends(aqe_engine, app) >= 3
+        assert await backends(aqe_engine, app) >= 3
     finally:
         await manager.close()
 
@@ -133,9 +106,9 @@ async def test_connect_opens_min_connections_ahead_of_use(
 async def test_max_connections_bounds_the_pool(
     aqe_database_url: str, aqe_engine: AsyncEngine
 ) -> None:
-    app = _app_name()
+    app = app_name()
     manager = DatabaseManager(
-        aqe_database_url, min_connections=1, max_connections=4, **_app_args(app)
+        aqe_database_url, min_connections=1, max_connections=4, **app_args(app)
     )
     peak = 0
     in_flight = 0
@@ -154,7 +127,7 @@ async def test_max_connections_bounds_the_pool(
     async def watch() -> None:
         nonlocal peak
         while True:
-            peak = max(peak, await _backends(aqe_engine, app))
+            peak = max(peak, await backends(aqe_engine, app))
             await asyncio.sleep(0.005)
 
     try:
@@ -181,14 +154,14 @@ async def test_max_connections_bounds_the_pool(
 async def test_after_disconnect_the_manager_is_closed(
     closer: str, aqe_database_url: str, aqe_engine: AsyncEngine
 ) -> None:
-    app = _app_name()
-    manager = DatabaseManager(aqe_database_url, min_connections=2, **_app_args(app))
+    app = app_name()
+    manager = DatabaseManager(aqe_database_url, min_connections=2, **app_args(app))
     await manager.connect()
-    assert await _backends(aqe_engine, app) >= 2
+    assert await backends(aqe_engine, app) >= 2
 
     await getattr(manager, closer)()
 
-    assert await _settled_backends(aqe_engine, app, 0) == 0, "pooled connections stay open"
+    assert await settled_backends(aqe_engine, app, 0) == 0, "pooled connections stay open"
     with pytest.raises(ClosedError):
         _ = manager.engine
     with pytest.raises(ClosedError):
@@ -208,9 +181,9 @@ async def test_after_disconnect_the_manager_is_closed(
 async def test_async_with_connects_and_disconnects(
     aqe_database_url: str, aqe_engine: AsyncEngine
 ) -> None:
-    app = _app_name()
+    app = app_name()
     async with DatabaseManager(
-        aqe_database_url, min_connections=2, max_connections=3, **_app_args(app)
+        aqe_database_url, min_connections=2, max_connections=3, **app_args(app)
     ) as manager:
         assert manager.engine.pool.checkedin() >= 2
         async with manager.connection() as conn:
@@ -218,7 +191,7 @@ async def test_async_with_connects_and_disconnects(
 
     with pytest.raises(ClosedError):
         _ = manager.engine
-    assert await _settled_backends(aqe_engine, app, 0) == 0
+    assert await settled_backends(aqe_engine, app, 0) == 0
 
 
 async def test_connect_to_an_unreachable_server_is_translated() -> None:

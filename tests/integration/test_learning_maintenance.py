@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 import statistics
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import event, func, select, text
 
 from lionagi_qe import DatabaseManager
@@ -30,27 +29,6 @@ from lionagi_qe.models import QValue, Trajectory
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 AGENT = "flaky-test-hunter"
-DIALECTS = [
-    pytest.param("aqe_database_url", id="postgres"),
-    pytest.param("aqe_sqlite_url", id="sqlite"),
-]
-
-
-@pytest.fixture(params=DIALECTS)
-def learning_url(request: pytest.FixtureRequest) -> str:
-    """A migrated PostgreSQL database (the worker's) or SQLite file (the test's)."""
-    url: str = request.getfixturevalue(request.param)
-    return url
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def manager(learning_url: str) -> AsyncIterator[DatabaseManager]:
-    """A DatabaseManager, closed after the test."""
-    db = DatabaseManager(learning_url, min_connections=1, max_connections=10)
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 def unique(prefix: str) -> str:

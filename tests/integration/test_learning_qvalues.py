@@ -9,12 +9,10 @@ import asyncio
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import select, text
 
 from lionagi_qe import DatabaseManager
@@ -26,27 +24,6 @@ from lionagi_qe.testing import run_concurrently
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 AGENT = "test-generator"
-DIALECTS = [
-    pytest.param("aqe_database_url", id="postgres"),
-    pytest.param("aqe_sqlite_url", id="sqlite"),
-]
-
-
-@pytest.fixture(params=DIALECTS)
-def learning_url(request: pytest.FixtureRequest) -> str:
-    """A migrated PostgreSQL database (the worker's) or SQLite file (the test's)."""
-    url: str = request.getfixturevalue(request.param)
-    return url
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def manager(learning_url: str) -> AsyncIterator[DatabaseManager]:
-    """A DatabaseManager with the default retention, closed after the test."""
-    db = DatabaseManager(learning_url, min_connections=1, max_connections=10)
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 def new_state() -> str:

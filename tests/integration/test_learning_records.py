@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -43,27 +41,6 @@ from lionagi_qe.testing.factories import (
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 AGENT = "coverage-analyzer"
-DIALECTS = [
-    pytest.param("aqe_database_url", id="postgres"),
-    pytest.param("aqe_sqlite_url", id="sqlite"),
-]
-
-
-@pytest.fixture(params=DIALECTS)
-def learning_url(request: pytest.FixtureRequest) -> str:
-    """A migrated PostgreSQL database (the worker's) or SQLite file (the test's)."""
-    url: str = request.getfixturevalue(request.param)
-    return url
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def manager(learning_url: str) -> AsyncIterator[DatabaseManager]:
-    """A DatabaseManager, closed after the test."""
-    db = DatabaseManager(learning_url, min_connections=1, max_connections=10)
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 def unique(prefix: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_activity import app_args, app_name, backends, settled_backends
 from sqlalchemy import event, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -49,36 +50,6 @@ UNREACHABLE_URL = f"postgresql+asyncpg://postgres:{UNREACHABLE_PASSWORD}@127.0.0
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _app_name() -> str:
-    """A unique ``application_name``, to find an engine's connections in pg_stat_activity."""
-    return f"aqe-test-{uuid.uuid4().hex[:12]}"
-
-
-def _app_args(app: str) -> dict[str, Any]:
-    return {"connect_args": {"server_settings": {"application_name": app}}}
-
-
-async def _backends(engine: AsyncEngine, app: str) -> int:
-    """Server connections opened under ``application_name = app`` (seen from ``engine``)."""
-    async with engine.connect() as conn:
-        count = await conn.scalar(
-            text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :app"),
-            {"app": app},
-        )
-    return int(count or 0)
-
-
-async def _wait_for_backends(engine: AsyncEngine, app: str, expected: int) -> int:
-    """Poll until the count settles at ``expected`` (backends exit asynchronously); return it."""
-    count = await _backends(engine, app)
-    for _ in range(100):
-        if count == expected:
-            break
-        await asyncio.sleep(0.05)
-        count = await _backends(engine, app)
-    return count
 
 
 async def _committed_value(engine: AsyncEngine, key: str) -> Any:
@@ -137,17 +108,17 @@ async def _tables(url: str) -> set[str]:
 async def test_from_url_owns_its_engine_and_disposes_it_on_close(
     aqe_database_url: str, postgres_memory: PostgresMemory, aqe_engine: AsyncEngine
 ) -> None:
-    app = _app_name()
-    memory = PostgresMemory(aqe_database_url, **_app_args(app))
+    app = app_name()
+    memory = PostgresMemory(aqe_database_url, **app_args(app))
     assert memory.engine is not None
 
     assert await memory.store("aqe/own/url", {"from": "url"}) == 1
     assert await postgres_memory.retrieve("aqe/own/url") == {"from": "url"}
-    assert await _backends(aqe_engine, app) >= 1
+    assert await backends(aqe_engine, app) >= 1
 
     await memory.close()
 
-    assert await _wait_for_backends(aqe_engine, app, 0) == 0, "close() must dispose the pool"
+    assert await settled_backends(aqe_engine, app, 0) == 0, "close() must dispose the pool"
     with pytest.raises(ClosedError):
         await memory.retrieve("aqe/own/url")
     await memory.close()  # closing twice is harmless
@@ -334,8 +305,8 @@ async def test_concurrent_first_calls_initialise_once_on_one_pool(
         per_initialisation = _schema_probes(seen)
     assert per_initialisation >= 1
 
-    app = _app_name()
-    async with _closing(PostgresMemory(aqe_database_url, pool_size=5, **_app_args(app))) as memory:
+    app = app_name()
+    async with _closing(PostgresMemory(aqe_database_url, pool_size=5, **app_args(app))) as memory:
         engine = memory.engine
         assert engine is not None
         peak = 0
@@ -343,7 +314,7 @@ async def test_concurrent_first_calls_initialise_once_on_one_pool(
         async def watch() -> None:
             nonlocal peak
             while True:
-                peak = max(peak, await _backends(aqe_engine, app))
+                peak = max(peak, await backends(aqe_engine, app))
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.create_task(watch())
@@ -362,7 +333,7 @@ async def test_concurrent_first_calls_initialise_once_on_one_pool(
         assert engine.pool.size() == 5
         assert engine.pool.checkedout() == 0
         assert peak <= 5
-        assert await _backends(aqe_engine, app) <= 5
+        assert await backends(aqe_engine, app) <= 5
         stored = await postgres_memory.retrieve_many([f"aqe/first/{i:02d}" for i in range(20)])
         assert stored == {f"aqe/first/{i:02d}": {"i": i} for i in range(20)}
 
