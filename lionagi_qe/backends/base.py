@@ -13,7 +13,12 @@ from types import TracebackType
 from typing import Any, Self
 
 from lionagi_qe import codec
-from lionagi_qe.errors import ClosedError, InvalidArgumentError, InvalidKeyError
+from lionagi_qe.errors import (
+    ClosedError,
+    InvalidArgumentError,
+    InvalidKeyError,
+    VersionConflictError,
+)
 from lionagi_qe.keys import (
     GlobPattern,
     compile_glob,
@@ -25,7 +30,7 @@ from lionagi_qe.keys import (
     validate_ttl,
 )
 
-__all__ = ["DEFAULT_MAX_VALUE_BYTES", "EncodedItem", "KeyRange", "MemoryBase"]
+__all__ = ["DEFAULT_MAX_VALUE_BYTES", "EncodedItem", "KeyRange", "MemoryBase", "StoreRequest"]
 
 DEFAULT_MAX_VALUE_BYTES = 8 * 1024 * 1024
 #: Integers a counter can hold on every backend (Redis and SQLite are 64-bit).
@@ -47,6 +52,26 @@ class EncodedItem:
     key: str
     value_json: str
     size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """A validated ``store`` call: what every backend writes, and how a failed condition reads."""
+
+    item: EncodedItem
+    ttl: float | None
+    partition: str
+    metadata_json: str
+    if_absent: bool
+    expected_version: int | None
+
+    def conflict(self) -> VersionConflictError:
+        """The error for a write whose condition did not hold."""
+        if self.if_absent:
+            return VersionConflictError(f"{self.item.key!r} already has a live entry")
+        return VersionConflictError(
+            f"{self.item.key!r} is not at version {self.expected_version} (or has no live entry)"
+        )
 
 
 def entry_size(key: str, value_json: str) -> int:
@@ -111,6 +136,24 @@ class MemoryBase:
             batch.pop(item.key, None)
             batch[item.key] = item
         return list(batch.values())
+
+    def _store_request(
+        self,
+        key: object,
+        value: Any,
+        ttl: object,
+        partition: object,
+        metadata: Any,
+        if_absent: object,
+        expected_version: object,
+    ) -> StoreRequest:
+        """Validate and encode every argument of ``store`` (before any I/O)."""
+        item = self._item(key, value)
+        seconds = self._ttl(ttl)
+        label = self._partition(partition)
+        metadata_json = self._metadata(metadata)
+        expected = self._conditions(if_absent, expected_version)
+        return StoreRequest(item, seconds, label, metadata_json, bool(if_absent), expected)
 
     def _keys(self, keys: Iterable[str]) -> list[str]:
         if isinstance(keys, str | bytes):

@@ -72,7 +72,6 @@ from lionagi_qe.errors import (
     KeyNotFoundError,
     PersistenceError,
     SerializationError,
-    VersionConflictError,
 )
 
 __all__ = ["RedisMemory", "keyspace"]
@@ -248,32 +247,27 @@ class RedisMemory(MemoryBase):
                 differs from the live entry's version (or there is no live entry).
         """
         self._check_open()
-        item = self._item(key, value)
-        ttl_ms = ttl_millis(self._ttl(ttl))
-        label = self._partition(partition)
-        metadata_json = self._metadata(metadata)
-        expected = self._conditions(if_absent, expected_version)
-        mode = "absent" if if_absent else ("" if expected is None else "version")
+        request = self._store_request(
+            key, value, ttl, partition, metadata, if_absent, expected_version
+        )
+        item, expected = request.item, request.expected_version
+        mode = "absent" if request.if_absent else ("" if expected is None else "version")
         version = await self._script(
             self._store,
             [self._entries + item.key, self._idx, self._kp],
             [
                 item.key,
                 item.value_json,
-                label,
-                metadata_json,
-                ttl_ms,
+                request.partition,
+                request.metadata_json,
+                ttl_millis(request.ttl),
                 mode,
                 expected or 0,
                 self._keyspace,
             ],
         )
         if not version:
-            if if_absent:
-                raise VersionConflictError(f"{item.key!r} already has a live entry")
-            raise VersionConflictError(
-                f"{item.key!r} is not at version {expected} (or has no live entry)"
-            )
+            raise request.conflict()
         return int(version)
 
     async def retrieve(self, key: str, *, as_type: Any = None, default: Any = None) -> Any:

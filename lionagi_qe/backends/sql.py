@@ -27,7 +27,6 @@ from lionagi_qe.errors import (
     PersistenceError,
     SchemaMissingError,
     SerializationError,
-    VersionConflictError,
 )
 from lionagi_qe.repositories.memory import MemoryRepository, StoreRow
 
@@ -212,31 +211,26 @@ class PostgresMemory(MemoryBase):
                 differs from the live entry's version (or there is no live entry).
         """
         self._check_open()
-        item = self._item(key, value)
-        seconds = self._ttl(ttl)
-        label = self._partition(partition)
-        metadata_json = self._metadata(metadata)
-        expected = self._conditions(if_absent, expected_version)
+        request = self._store_request(
+            key, value, ttl, partition, metadata, if_absent, expected_version
+        )
+        item = request.item
 
         async def write(repo: MemoryRepository) -> int | None:
             return await repo.upsert(
                 item.key,
                 item.value_json,
-                partition=label,
-                metadata_json=metadata_json,
+                partition=request.partition,
+                metadata_json=request.metadata_json,
                 size_bytes=item.size_bytes,
-                ttl=seconds,
-                if_absent=if_absent,
-                expected_version=expected,
+                ttl=request.ttl,
+                if_absent=request.if_absent,
+                expected_version=request.expected_version,
             )
 
-        version: int | None = await self._with_partition(label, write)
+        version: int | None = await self._with_partition(request.partition, write)
         if version is None:
-            if if_absent:
-                raise VersionConflictError(f"{item.key!r} already has a live entry")
-            raise VersionConflictError(
-                f"{item.key!r} is not at version {expected} (or has no live entry)"
-            )
+            raise request.conflict()
         return version
 
     async def retrieve(self, key: str, *, as_type: Any = None, default: Any = None) -> Any:
