@@ -5,6 +5,7 @@ from lionagi_qe.backends.redis import RedisMemory
 from lionagi_qe.backends.sql import PostgresMemory
 from lionagi_qe.cache import CachedMemory
 from lionagi_qe.config import Settings
+from lionagi_qe.coordination import AgentMemory, Job, WorkQueue
 from lionagi_qe.entry import MemoryEntry
 from lionagi_qe.errors import (
     BackendUnavailableError,
@@ -28,6 +29,7 @@ from lionagi_qe.learning.db_manager import DatabaseManager
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentMemory",
     "BackendUnavailableError",
     "CachedMemory",
     "ClosedError",
@@ -37,6 +39,7 @@ __all__ = [
     "InvalidPartitionError",
     "InvalidPatternError",
     "InvalidTTLError",
+    "Job",
     "KeyNotFoundError",
     "LeaseLostError",
     "MemoryBackend",
@@ -49,6 +52,7 @@ __all__ = [
     "Settings",
     "ValueTooLargeError",
     "VersionConflictError",
+    "WorkQueue",
     "__version__",
     "open_memory",
 ]

@@ -12,6 +12,7 @@ from lionagi_qe.models.learning import (
     Trajectory,
 )
 from lionagi_qe.models.memory import MemoryEntry, Partition
+from lionagi_qe.models.queue import QueueJob
 
 __all__ = [
     "QE_AGENT_TYPES",
@@ -23,6 +24,7 @@ __all__ = [
     "Partition",
     "Pattern",
     "QValue",
+    "QueueJob",
     "Reward",
     "Trajectory",
 ]

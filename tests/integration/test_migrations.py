@@ -167,9 +167,14 @@ async def test_downgrade_to_base_removes_every_table_and_upgrade_works_again(
 
 
 async def test_downgrade_one_step_then_upgrade(migrated_engine: AsyncEngine) -> None:
-    """Revisions are reversible one at a time: dropping the learning tables keeps memory."""
+    """Revisions are reversible one at a time: dropping the queue keeps learning and memory,
+    dropping the learning tables keeps memory."""
     await migrate.downgrade(migrated_engine, "-1")
+    tables = await _table_names(migrated_engine)
+    assert {"qe_memory", "partitions", "agent_types"} <= tables
+    assert "queue_jobs" not in tables
 
+    await migrate.downgrade(migrated_engine, "-1")
     tables = await _table_names(migrated_engine)
     assert {"qe_memory", "partitions"} <= tables
     assert "agent_types" not in tables
