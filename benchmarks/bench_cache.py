@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_cache.py [--database-url URL] [--redis-url URL] [--ops N]
                                      [--repeats R] [--json]
 
-Same method as ``bench_sql.py`` (whose measurement code this reuses): each operation is
+Same method as ``bench_sql.py`` (the measurement code is ``harness.py``'s): each operation is
 interleaved call by call with its twin, the order flipping every repetition, in one process and
 one run; a 1 ms ticker charges event-loop stalls to the side whose calls overlapped them.
 
@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
-import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -39,34 +36,49 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 import sqlalchemy
-from bench_sql import SIDES, Section, Side, Ticker, ensure_database, summarize
+from harness import (
+    CALLS,
+    NAME,
+    RATIO_MEAN,
+    RATIO_P50,
+    SIDES,
+    TASKS,
+    Column,
+    Harness,
+    Op,
+    Side,
+    busy_stall,
+    check_sizes,
+    comparison_table,
+    config,
+    delete_prefix,
+    emit,
+    environment,
+    make_parser,
+    open_database,
+    stall_target,
+    targets_table,
+    value,
+    verdicts,
+)
 from rich.console import Console
-from rich.table import Table
 
 from lionagi_qe.backends.sql import PostgresMemory
 from lionagi_qe.cache import CachedMemory
 from lionagi_qe.db import migrate
-from lionagi_qe.db.engine import normalize_url
 
-DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/aqe_bench"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 PREFIX = "aqe/bench/cache/"
 CLEANUP_SQL = "DELETE FROM qe_memory WHERE key >= 'aqe/bench/cache/' AND key < 'aqe/bench/cache0'"
 HOT_KEYS = 50
 BATCH = 10
-TASKS = 50
-
-
-def _value(i: int) -> dict[str, Any]:
-    return {"agent": f"agent-{i % 50}", "step": i, "ok": True, "notes": "x" * 48}
 
 
 @dataclass
@@ -78,39 +90,7 @@ class CacheBench:
     raw: aioredis.Redis
     raw_prefix: str
     ops: int
-    repeats: int
-    ticker: Ticker
-    log: Console
-    sections: list[Section] = field(default_factory=list)
-
-    def _open(self, name: str, **kw: Any) -> Section:
-        gc.collect()
-        self.log.log(f"[bold]{name}[/]")
-        section = Section(name, "ops", **kw)
-        section.started = time.perf_counter()
-        self.sections.append(section)
-        return section
-
-    def _close(self, section: Section) -> None:
-        section.ended = time.perf_counter()
-        self.ticker.charge(section)
-
-    async def interleave(
-        self,
-        section: Section,
-        ours: Callable[[int], Awaitable[object]],
-        raw: Callable[[int], Awaitable[object]],
-        calls: int | None = None,
-    ) -> None:
-        """``repeats`` x ``calls``: ours and raw alternate call by call, order flipping per rep."""
-        pair: list[tuple[Side, Callable[[int], Awaitable[object]]]] = [("ours", ours), ("raw", raw)]
-        per_rep = calls or self.ops
-        for rep in range(self.repeats):
-            order = pair if rep % 2 == 0 else pair[::-1]
-            for i in range(per_rep):
-                for side, op in order:
-                    await section.timed(side, op(rep * per_rep + i))
-        self._close(section)
+    h: Harness
 
     # the raw twins
 
@@ -127,37 +107,40 @@ class CacheBench:
 
     async def set_up(self) -> None:
         """Hot keys in the database, in the cache and as raw JSON; cold keys for the misses."""
-        self.log.log("set-up")
-        hot = {f"{PREFIX}hot/{i}": _value(i) for i in range(HOT_KEYS)}
+        self.h.log.log("set-up")
+        hot = {f"{PREFIX}hot/{i}": value(i) for i in range(HOT_KEYS)}
         await self.cached.store_many(hot)
         async with self.raw.pipeline(transaction=False) as pipe:
             for i in range(HOT_KEYS):
-                pipe.set(f"{self.raw_prefix}{i}", json.dumps(_value(i), separators=(",", ":")))
+                pipe.set(f"{self.raw_prefix}{i}", json.dumps(value(i), separators=(",", ":")))
             await pipe.execute()
         for _ in range(20):
             for key in hot:
                 await self.cached.retrieve(key)
                 await self.raw_get(0)
-        cold = self.ops * self.repeats
+        cold = self.ops * self.h.repeats
         for side in SIDES:
             for start in range(0, cold, 10_000):
                 batch = range(start, min(cold, start + 10_000))
                 await self.database.store_many(
-                    {f"{PREFIX}cold/{side}/{i}": _value(i) for i in batch}
+                    {f"{PREFIX}cold/{side}/{i}": value(i) for i in batch}
                 )
         for i in range(self.ops):
-            await self.cached.store(f"{PREFIX}store/ours/{i}", _value(i))
-            await self.database.store(f"{PREFIX}store/raw/{i}", _value(i))
+            await self.cached.store(f"{PREFIX}store/ours/{i}", value(i))
+            await self.database.store(f"{PREFIX}store/raw/{i}", value(i))
+
+    async def interleave(self, name: str, ours: Op, raw: Op, calls: int | None = None) -> None:
+        """``calls`` (default ``ops``) per repetition, interleaved; indices run on across reps."""
+        section = self.h.open(name)
+        await self.h.interleave(section, calls or self.ops, ours, raw, running_index=True)
 
     async def hits(self) -> None:
         cached = self.cached
-        section = self._open("retrieve (hit)")
         await self.interleave(
-            section, lambda i: cached.retrieve(f"{PREFIX}hot/{i % HOT_KEYS}"), self.raw_get
+            "retrieve (hit)", lambda i: cached.retrieve(f"{PREFIX}hot/{i % HOT_KEYS}"), self.raw_get
         )
-        section = self._open(f"retrieve_many {BATCH} (hits)")
         await self.interleave(
-            section,
+            f"retrieve_many {BATCH} (hits)",
             lambda i: cached.retrieve_many(
                 [f"{PREFIX}hot/{(i + j) % HOT_KEYS}" for j in range(BATCH)]
             ),
@@ -167,40 +150,26 @@ class CacheBench:
 
     async def concurrent_hits(self) -> None:
         per_task = max(1, self.ops // TASKS)
-        section = self._open(f"retrieve x{TASKS} tasks (hits)", concurrent=True)
+        section = self.h.open(f"retrieve x{TASKS} tasks (hits)", concurrent=True)
 
-        async def worker(side: Side, task: int) -> None:
-            for j in range(per_task):
-                i = task * per_task + j
-                start = time.perf_counter()
-                if side == "ours":
-                    await self.cached.retrieve(f"{PREFIX}hot/{i % HOT_KEYS}")
-                else:
-                    await self.raw_get(i)
-                section.series[side].latencies.append(time.perf_counter() - start)
+        def call(side: Side, rep: int, task: int, j: int) -> Awaitable[object]:
+            i = task * per_task + j
+            if side == "ours":
+                return self.cached.retrieve(f"{PREFIX}hot/{i % HOT_KEYS}")
+            return self.raw_get(i)
 
-        for rep in range(self.repeats):
-            for side in SIDES if rep % 2 == 0 else SIDES[::-1]:
-                start = time.perf_counter()
-                await asyncio.gather(*(worker(side, t) for t in range(TASKS)))
-                end = time.perf_counter()
-                section.series[side].wall += end - start
-                section.series[side].items += per_task * TASKS
-                section.intervals.append((start, end, side))
-        self._close(section)
+        await self.h.blocks(section, per_task, call)
 
     async def misses_and_stores(self) -> None:
         cached, database = self.cached, self.database
-        section = self._open("retrieve (miss + fill)")
         await self.interleave(
-            section,
+            "retrieve (miss + fill)",
             lambda i: cached.retrieve(f"{PREFIX}cold/ours/{i}"),
             lambda i: database.retrieve(f"{PREFIX}cold/raw/{i}"),
         )
-        values = [_value(i) for i in range(self.ops)]
-        section = self._open("store (+ invalidate)")
+        values = [value(i) for i in range(self.ops)]
         await self.interleave(
-            section,
+            "store (+ invalidate)",
             lambda i: cached.store(f"{PREFIX}store/ours/{i % self.ops}", values[i % self.ops]),
             lambda i: database.store(f"{PREFIX}store/raw/{i % self.ops}", values[i % self.ops]),
         )
@@ -210,7 +179,7 @@ class CacheBench:
         await self.hits()
         await self.concurrent_hits()
         await self.misses_and_stores()
-        return [summarize(section) for section in self.sections]
+        return self.h.summaries()
 
 
 TWINS = {
@@ -226,13 +195,12 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The §10 targets that concern the cache, measured."""
     by_name = {r["name"]: r for r in results}
     hit = by_name["retrieve (hit)"]
-    stall = max(r["ours"]["busy_stall_ms"] for r in results)
     rows = [
         ("cache hit ≤ 1.3x raw GET (mean)", hit["ratio_mean"], "x", hit["ratio_mean"] <= 1.3),
         ("cache hit ≤ 1.3x raw GET (p50)", hit["ratio_p50"], "x", hit["ratio_p50"] <= 1.3),
-        ("event-loop stall ≤ 10 ms (ours, CPU-busy)", stall, "ms", stall <= 10),
+        stall_target(results, show_wall=False),
     ]
-    return [{"target": t, "measured": m, "unit": u, "passed": bool(p)} for t, m, u, p in rows]
+    return verdicts(rows)
 
 
 def render(console: Console, report: dict[str, Any]) -> None:
@@ -243,57 +211,22 @@ def render(console: Console, report: dict[str, Any]) -> None:
         f"SQLAlchemy {env['sqlalchemy']} · {env['cpus']} CPUs · "
         f"ops={report['config']['ops']} repeats={report['config']['repeats']}"
     )
-    table = Table(title="CachedMemory vs its twin (interleaved, same run)")
-    for column in ("operation", "twin", "calls"):
-        table.add_column(column, no_wrap=True, justify="left" if column != "calls" else "right")
-    for side in SIDES:
-        table.add_column(f"{side} ops/s", justify="right")
-        table.add_column(f"{side} p50 ms", justify="right")
-        table.add_column(f"{side} p99 ms", justify="right")
-    table.add_column("ratio p50", justify="right")
-    table.add_column("ratio mean", justify="right")
-    table.add_column("busy stall ms", justify="right")
-    for r in report["operations"]:
-        cells = [r["name"], TWINS[r["name"]], str(r["ours"]["calls"])]
-        for side in SIDES:
-            s = r[side]
-            cells += [f"{s['rate']:,.0f}", f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}"]
-        cells += [
-            f"{r['ratio_p50']:.2f}x",
-            f"{r['ratio_mean']:.2f}x",
-            f"{r['ours']['busy_stall_ms']:.1f}/{r['raw']['busy_stall_ms']:.1f}",
-        ]
-        table.add_row(*cells)
+    twin = Column("twin", lambda r: TWINS[r["name"]], "left", no_wrap=True)
+    table = comparison_table(
+        "CachedMemory vs its twin (interleaved, same run)",
+        report["operations"],
+        leading=(NAME, twin, replace(CALLS, no_wrap=True)),
+        rate_label="ops/s",
+        trailing=(RATIO_P50, RATIO_MEAN, busy_stall("busy stall ms")),
+    )
     console.print(table)
-    verdicts = Table(title="§10 targets (cache)")
-    verdicts.add_column("target")
-    verdicts.add_column("measured", justify="right")
-    verdicts.add_column("")
-    for t in report["targets"]:
-        verdicts.add_row(
-            t["target"],
-            f"{t['measured']:.2f} {t['unit']}",
-            "[green]PASS[/]" if t["passed"] else "[red]FAIL[/]",
-        )
-    console.print(verdicts)
+    console.print(targets_table("§10 targets (cache)", report["targets"]))
     console.print(f"cache statistics after the run: {report['cache_stats']}")
     if report["cache_stats"]["cache_errors"]:
         console.print(
             "[red]Redis calls failed during the run (the breaker bypassed the cache for a while);"
             " the figures are not clean. Try --private-redis.[/]"
         )
-
-
-async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
-    """Delete this run's Redis keys by prefix (SCAN, never FLUSHDB)."""
-    batch: list[bytes] = []
-    async for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            await client.unlink(*batch)
-            batch.clear()
-    if batch:
-        await client.unlink(*batch)
 
 
 @contextmanager
@@ -326,47 +259,35 @@ def private_redis() -> Iterator[str]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     """Set up both sides, run every section, clean up; return the report."""
-    log = Console(stderr=True)
-    url = normalize_url(args.database_url)
-    await ensure_database(url)
+    url = await open_database(args.database_url)
     database = PostgresMemory(url.render_as_string(hide_password=False), pool_size=10)
     assert database.engine is not None
     await migrate.upgrade(database.engine)
     run_prefix = f"aqe-bench-cache:{uuid.uuid4().hex[:8]}:"
     cached = CachedMemory(database, redis_url=args.redis_url, prefix=run_prefix)
     raw = aioredis.Redis.from_url(args.redis_url)
-    ticker = Ticker()
+    h = Harness(args.repeats, Console(stderr=True))
     async with database.engine.begin() as conn:
         await conn.exec_driver_sql(CLEANUP_SQL)
     try:
-        ticker.start()
-        bench = CacheBench(
-            cached, database, raw, f"{run_prefix}raw:", args.ops, args.repeats, ticker, log
-        )
-        results = await bench.run()
-        cache_stats = {k: v for k, v in (await cached.get_stats()).items() if "cache" in k}
-        redis_version = (await raw.info("server"))["redis_version"]
+        async with h.ticking():
+            bench = CacheBench(cached, database, raw, f"{run_prefix}raw:", args.ops, h)
+            results = await bench.run()
+            cache_stats = {k: v for k, v in (await cached.get_stats()).items() if "cache" in k}
+            redis_version = (await raw.info("server"))["redis_version"]
     finally:
-        await ticker.stop()
-        await delete_prefix(raw, run_prefix)
+        await delete_prefix(raw, run_prefix, batch_size=500)
         await raw.aclose()
         async with database.engine.begin() as conn:
             await conn.exec_driver_sql(CLEANUP_SQL)
         await cached.close()  # closes (and disposes) the database too
     return {
-        "config": {
-            "database": url.render_as_string(hide_password=True),
-            "ops": args.ops,
-            "repeats": args.repeats,
-            "tasks": TASKS,
-        },
-        "environment": {
-            "redis_version": redis_version,
-            "python": platform.python_version(),
-            "redis_py": redis.__version__,
-            "sqlalchemy": sqlalchemy.__version__,
-            "cpus": os.cpu_count(),
-        },
+        "config": config(("database", url.render_as_string(hide_password=True)), args),
+        "environment": environment(
+            ("redis_version", redis_version),
+            redis_py=redis.__version__,
+            sqlalchemy=sqlalchemy.__version__,
+        ),
         "operations": results,
         "targets": targets(results),
         "cache_stats": cache_stats,
@@ -375,29 +296,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("AQE_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="PostgreSQL URL (default: $AQE_BENCH_DATABASE_URL or %(default)s)",
-    )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("AQE_BENCH_REDIS_URL", DEFAULT_REDIS_URL),
-        help="Redis URL (default: $AQE_BENCH_REDIS_URL or %(default)s)",
-    )
+    parser = make_parser(__doc__, database=True, redis=True)
     parser.add_argument(
         "--private-redis",
         action="store_true",
         help="run against a throwaway redis-server on a free port (needs the binary)",
     )
-    parser.add_argument("--ops", type=int, default=2000, help="calls per repetition")
-    parser.add_argument("--repeats", type=int, default=5, help="repetitions")
-    parser.add_argument("--json", action="store_true", help="JSON on stdout, tables on stderr")
-    args = parser.parse_args(argv)
-    if args.ops < TASKS or args.repeats < 1:
-        parser.error(f"need --ops >= {TASKS} and --repeats >= 1")
-    return args
+    return check_sizes(parser, parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,11 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = asyncio.run(main_async(args))
     else:
         report = asyncio.run(main_async(args))
-    console = Console(stderr=args.json)
-    console.width = max(console.width, 200)
-    render(console, report)
-    if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    emit(report, render, as_json=args.json)
     return 0
 
 

@@ -9,43 +9,45 @@ CONFLICT … DO UPDATE … RETURNING``), compiled by SQLAlchemy for asyncpg; bat
 statement without RETURNING, pipelined with asyncpg's ``executemany`` on both sides.
 Sequential sections interleave the two sides call by call (the order flips every repetition);
 concurrent sections alternate whole blocks of 50 tasks. Measurement (sections, the 1 ms ticker
-that charges event-loop stalls, summaries) is ``bench_sql.py``'s.
+that charges event-loop stalls, summaries, tables) is ``harness.py``'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import json
-import os
-import platform
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import sqlalchemy
-from bench_sql import (
-    DEFAULT_URL,
+from harness import (
+    CALLS,
+    NAME,
+    POOL_SIZE,
+    RATIO_MEAN,
     SIDES,
+    TASKS,
     CompiledStatement,
-    Section,
+    Harness,
     Side,
-    Ticker,
-    _asyncpg_kwargs,
-    ensure_database,
-    summarize,
+    busy_stall,
+    check_sizes,
+    comparison_table,
+    config,
+    emit,
+    environment,
+    make_parser,
+    open_database,
+    raw_postgres,
 )
 from rich.console import Console
-from rich.table import Table
 
 from lionagi_qe import DatabaseManager
 from lionagi_qe.db import migrate
-from lionagi_qe.db.engine import normalize_url
 from lionagi_qe.learning.td import td_update
 from lionagi_qe.repositories.learning_q import statements
 
@@ -55,8 +57,6 @@ CLEANUP_SQL = (
     "DELETE FROM q_values WHERE agent_type = 'performance-tester' "
     "AND state_hash >= 'bench/' AND state_hash < 'bench0'"
 )
-TASKS = 50
-POOL_SIZE = 10
 BATCH = 100
 ACTIONS = 4
 ALPHA, GAMMA, REWARD, NEXT_MAX = 0.1, 0.95, 1.0, 0.5
@@ -70,12 +70,9 @@ class LearningBench:
     conn: asyncpg.Connection
     pool: asyncpg.Pool
     ops: int
-    repeats: int
-    ticker: Ticker
-    log: Console
+    h: Harness
     retention: float
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    sections: list[Section] = field(default_factory=list)
     single: CompiledStatement = field(init=False)
     many: CompiledStatement = field(init=False)
 
@@ -125,63 +122,9 @@ class LearningBench:
             for j in range(BATCH)
         ]
 
-    # sections
-
-    def _open(self, name: str, unit: str = "updates", **kw: Any) -> Section:
-        gc.collect()
-        self.log.log(f"[bold]{name}[/]")
-        section = Section(name, unit, **kw)
-        section.started = time.perf_counter()
-        self.sections.append(section)
-        return section
-
-    def _close(self, section: Section) -> None:
-        section.ended = time.perf_counter()
-        self.ticker.charge(section)
-
-    async def interleave(
-        self,
-        section: Section,
-        calls: int,
-        op: Callable[[Side, int, int], Awaitable[object]],
-        items: int = 1,
-    ) -> None:
-        """``repeats`` x ``calls``: the sides alternate call by call, order flipping per rep."""
-        for rep in range(self.repeats):
-            for i in range(calls):
-                for side in SIDES if rep % 2 == 0 else SIDES[::-1]:
-                    await section.timed(side, op(side, rep, i), items)
-        self._close(section)
-
-    async def concurrent(
-        self,
-        section: Section,
-        per_task: int,
-        op: Callable[[Side, int, int, int], Awaitable[object]],
-        items: int = 1,
-    ) -> None:
-        """``repeats`` x (50 tasks x ``per_task`` calls), one side's block after the other's."""
-        for rep in range(self.repeats):
-            for side in SIDES if rep % 2 == 0 else SIDES[::-1]:
-
-                async def worker(task: int, side: Side = side, rep: int = rep) -> None:
-                    for j in range(per_task):
-                        start = time.perf_counter()
-                        await op(side, rep, task, j)
-                        section.series[side].latencies.append(time.perf_counter() - start)
-
-                start = time.perf_counter()
-                await asyncio.gather(*(worker(t) for t in range(TASKS)))
-                end = time.perf_counter()
-                series = section.series[side]
-                series.wall += end - start
-                series.items += per_task * TASKS * items
-                section.intervals.append((start, end, side))
-        self._close(section)
-
     async def warm_up(self) -> None:
         """Fill statement caches and pools on both sides."""
-        self.log.log("warm-up")
+        self.h.log.log("warm-up")
         for i in range(50):
             u = self.update(self.state("ours", "warm", i), i)
             await self.ours_update(u)
@@ -200,23 +143,29 @@ class LearningBench:
 
     async def run_all(self) -> list[dict[str, Any]]:
         """Every section, in order; returns their summaries."""
+        h = self.h
         await self.warm_up()
         states = max(1, self.ops // ACTIONS)
 
-        def single(side: Side, rep: int, i: int) -> Awaitable[object]:
-            u = self.update(self.state(side, "single", i % states), i)
-            return self.ours_update(u) if side == "ours" else self.raw_update(self.conn, u)
+        def single(side: Side, i: int) -> dict[str, Any]:
+            return self.update(self.state(side, "single", i % states), i)
 
-        await self.interleave(self._open("update_q_value"), self.ops, single)
+        await h.interleave(
+            h.open("update_q_value", "updates"),
+            self.ops,
+            lambda i: self.ours_update(single("ours", i)),
+            lambda i: self.raw_update(self.conn, single("raw", i)),
+        )
 
         batches = max(1, self.ops // BATCH)
-
-        def batched(side: Side, rep: int, i: int) -> Awaitable[object]:
-            b = self.batch(side, "batch", i)
-            return self.ours_batch(b) if side == "ours" else self.raw_batch(self.conn, b)
-
-        section = self._open(f"batch_update_q_values ({BATCH})", items_per_call=BATCH)
-        await self.interleave(section, batches, batched, items=BATCH)
+        section = h.open(f"batch_update_q_values ({BATCH})", "updates", items_per_call=BATCH)
+        await h.interleave(
+            section,
+            batches,
+            lambda i: self.ours_batch(self.batch("ours", "batch", i)),
+            lambda i: self.raw_batch(self.conn, self.batch("raw", "batch", i)),
+            items=BATCH,
+        )
 
         per_task = max(1, self.ops // TASKS)
 
@@ -224,8 +173,8 @@ class LearningBench:
             u = self.update(self.state(side, "conc", task * per_task + j), j)
             return self.ours_update(u) if side == "ours" else self.raw_update(self.pool, u)
 
-        section = self._open(f"update_q_value x{TASKS} tasks", concurrent=True)
-        await self.concurrent(section, per_task, single_task)
+        section = h.open(f"update_q_value x{TASKS} tasks", "updates", concurrent=True)
+        await h.blocks(section, per_task, single_task)
 
         hot: dict[str, str] = {side: self.state(side, "hot", 0) for side in SIDES}
 
@@ -233,9 +182,9 @@ class LearningBench:
             u = self.update(hot[side], 0)
             return self.ours_update(u) if side == "ours" else self.raw_update(self.pool, u)
 
-        section = self._open(f"update_q_value x{TASKS} tasks, one pair", concurrent=True)
-        await self.concurrent(section, per_task, hot_task)
-        await self.check_hot_pair(hot["ours"], per_task * TASKS * self.repeats)
+        section = h.open(f"update_q_value x{TASKS} tasks, one pair", "updates", concurrent=True)
+        await h.blocks(section, per_task, hot_task)
+        await self.check_hot_pair(hot["ours"], per_task * TASKS * h.repeats)
 
         batches_per_task = max(1, batches // TASKS)
 
@@ -243,11 +192,14 @@ class LearningBench:
             b = self.batch(side, f"conc-batch/{rep}/{task}", j)
             return self.ours_batch(b) if side == "ours" else self.raw_batch(self.pool, b)
 
-        section = self._open(
-            f"batch_update_q_values ({BATCH}) x{TASKS} tasks", items_per_call=BATCH, concurrent=True
+        section = h.open(
+            f"batch_update_q_values ({BATCH}) x{TASKS} tasks",
+            "updates",
+            items_per_call=BATCH,
+            concurrent=True,
         )
-        await self.concurrent(section, batches_per_task, batch_task, items=BATCH)
-        return [summarize(section) for section in self.sections]
+        await h.blocks(section, batches_per_task, batch_task, items=BATCH)
+        return h.summaries()
 
     async def check_hot_pair(self, state: str, n: int) -> None:
         """The contended pair must hold exactly n sequential updates: nothing lost or doubled."""
@@ -257,7 +209,7 @@ class LearningBench:
         got = await self.manager.get_q_value(AGENT, state, "a0")
         if got != expected:
             raise AssertionError(f"hot pair after {n} concurrent updates: {got} != {expected}")
-        self.log.log(f"hot pair exact after {n} concurrent updates: {got!r}")
+        self.h.log.log(f"hot pair exact after {n} concurrent updates: {got!r}")
 
 
 def render(console: Console, report: dict[str, Any]) -> None:
@@ -268,25 +220,13 @@ def render(console: Console, report: dict[str, Any]) -> None:
         f"{env['sqlalchemy']} · asyncpg {env['asyncpg']} · {env['cpus']} CPUs · "
         f"ops={report['config']['ops']} repeats={report['config']['repeats']}"
     )
-    table = Table(title="Q-value updates: DatabaseManager vs raw asyncpg (same statement)")
-    table.add_column("operation", no_wrap=True)
-    table.add_column("calls", justify="right")
-    for side in SIDES:
-        table.add_column(f"{side} updates/s", justify="right")
-        table.add_column(f"{side} p50 ms", justify="right")
-        table.add_column(f"{side} p99 ms", justify="right")
-    table.add_column("ratio mean", justify="right")
-    table.add_column("stall ms ours/raw", justify="right")
-    for r in report["operations"]:
-        cells = [r["name"], str(r["ours"]["calls"])]
-        for side in SIDES:
-            s = r[side]
-            cells += [f"{s['rate']:,.0f}", f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}"]
-        cells += [
-            f"{r['ratio_mean']:.2f}x",
-            f"{r['ours']['busy_stall_ms']:.1f}/{r['raw']['busy_stall_ms']:.1f}",
-        ]
-        table.add_row(*cells)
+    table = comparison_table(
+        "Q-value updates: DatabaseManager vs raw asyncpg (same statement)",
+        report["operations"],
+        leading=(NAME, CALLS),
+        rate_label="updates/s",
+        trailing=(RATIO_MEAN, busy_stall("stall ms ours/raw")),
+    )
     console.print(table)
     console.print(
         "ratio mean: our time per update / raw time per update (concurrent: raw throughput / "
@@ -296,9 +236,7 @@ def render(console: Console, report: dict[str, Any]) -> None:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     """Set up both sides, run every section, clean up; return the report."""
-    log = Console(stderr=True)
-    url = normalize_url(args.database_url)
-    await ensure_database(url)
+    url = await open_database(args.database_url)
     retention = 30 * 86400.0
     manager = DatabaseManager(
         url.render_as_string(hide_password=False),
@@ -307,69 +245,46 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         q_value_retention=retention,
     )
     await migrate.upgrade(manager.engine)
-    conn = await asyncpg.connect(**_asyncpg_kwargs(url))
-    pool = await asyncpg.create_pool(**_asyncpg_kwargs(url), min_size=POOL_SIZE, max_size=POOL_SIZE)
-    assert pool is not None
-    ticker = Ticker()
+    h = Harness(args.repeats, Console(stderr=True))
     try:
         await manager.connect()
-        await conn.execute(CLEANUP_SQL)
-        ticker.start()
-        bench = LearningBench(manager, conn, pool, args.ops, args.repeats, ticker, log, retention)
-        results = await bench.run_all()
-        server_version = await conn.fetchval("SHOW server_version")
+        async with raw_postgres(url, CLEANUP_SQL) as (conn, pool), h.ticking():
+            bench = LearningBench(manager, conn, pool, args.ops, h, retention)
+            results = await bench.run_all()
+            server_version = await conn.fetchval("SHOW server_version")
     finally:
-        await ticker.stop()
-        await conn.execute(CLEANUP_SQL)
-        await conn.close()
-        await pool.close()
         await manager.close()
     return {
-        "config": {
-            "database": url.render_as_string(hide_password=True),
-            "ops": args.ops,
-            "repeats": args.repeats,
-            "tasks": TASKS,
-            "pool_size": POOL_SIZE,
-            "batch": BATCH,
-        },
-        "environment": {
-            "server_version": server_version,
-            "python": platform.python_version(),
-            "sqlalchemy": sqlalchemy.__version__,
-            "asyncpg": asyncpg.__version__,
-            "cpus": os.cpu_count(),
-        },
+        "config": config(
+            ("database", url.render_as_string(hide_password=True)),
+            args,
+            pool_size=POOL_SIZE,
+            batch=BATCH,
+        ),
+        "environment": environment(
+            ("server_version", server_version),
+            sqlalchemy=sqlalchemy.__version__,
+            asyncpg=asyncpg.__version__,
+        ),
         "operations": results,
     }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("AQE_BENCH_DATABASE_URL", DEFAULT_URL),
-        help="PostgreSQL URL (default: $AQE_BENCH_DATABASE_URL or %(default)s)",
+    parser = make_parser(
+        __doc__,
+        database=True,
+        ops_help="single updates per repetition",
+        json_help="JSON on stdout, table on stderr",
     )
-    parser.add_argument("--ops", type=int, default=2000, help="single updates per repetition")
-    parser.add_argument("--repeats", type=int, default=5, help="repetitions")
-    parser.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
-    args = parser.parse_args(argv)
-    if args.ops < max(TASKS, BATCH) or args.repeats < 1:
-        parser.error(f"need --ops >= {max(TASKS, BATCH)} and --repeats >= 1")
-    return args
+    return check_sizes(parser, parser.parse_args(argv), max(TASKS, BATCH))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the report."""
     args = parse_args(argv)
-    report = asyncio.run(main_async(args))
-    console = Console(stderr=args.json)
-    console.width = max(console.width, 180)
-    render(console, report)
-    if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    emit(asyncio.run(main_async(args)), render, as_json=args.json, width=180)
     return 0
 
 
