@@ -383,7 +383,8 @@ class PostgresMemory(MemoryBase):
         int while the counter and every delta are ints, a float otherwise.
 
         Raises:
-            SerializationError: the live value is not a number (or the sum overflows).
+            SerializationError: the live value is not a number, or an integer sum would leave
+                the 64-bit range (counters are 64-bit on every backend).
         """
         self._check_open()
         checked = self._key(key)
@@ -399,7 +400,9 @@ class PostgresMemory(MemoryBase):
                 size_bytes=len(checked) + len(initial),
             )
         if result is None:
-            raise SerializationError(f"{checked!r} holds a value that is not a number")
+            raise SerializationError(
+                f"{checked!r} holds a value that is not a number, or the sum leaves 64 bits"
+            )
         return self._as_number(codec.decode(result[0]))
 
     async def clear_partition(self, partition: str) -> int:

@@ -262,6 +262,13 @@ def _increment_statement(dialect: str, delta_is_int: bool, *, with_ttl: bool = F
         else:
             added = render_float
         numeric = "json_typeof(qe_memory.value) = 'number'"
+        if delta_is_int:
+            # Counters are 64-bit on every backend: refuse a sum that leaves the range.
+            numeric += (
+                " AND (qe_memory.value::text !~ '^-?[0-9]+$' OR"
+                " CAST(qe_memory.value::text AS NUMERIC) + CAST(:delta AS NUMERIC)"
+                " BETWEEN -9223372036854775808 AND 9223372036854775807)"
+            )
         initial = "CAST(:initial AS JSON)"
         returning = "CAST(qe_memory.value AS TEXT), qe_memory.version"
     else:
@@ -285,6 +292,12 @@ def _increment_statement(dialect: str, delta_is_int: bool, *, with_ttl: bool = F
             "json_type(qe_memory.value) IN ('integer', 'real') "
             f"AND abs({as_float}) <= 1.7976931348623157e308"
         )
+        if delta_is_int:
+            # SQLite turns an overflowing integer sum into a REAL: refuse it instead.
+            numeric += (
+                " AND (json_type(qe_memory.value) <> 'integer'"
+                " OR typeof(CAST(qe_memory.value AS INTEGER) + :delta) = 'integer')"
+            )
         initial = ":initial"
         returning = "qe_memory.value, qe_memory.version"
     expired = expired.format(now=now)

@@ -135,6 +135,15 @@ async def test_bad_increment(memory: Any, baseline: dict[str, Any], delta: Any) 
     await assert_unchanged(memory, baseline)
 
 
+@pytest.mark.parametrize(("start", "delta"), [(2**63 - 1, 1), (-(2**63), -1), (2**62, 2**62)])
+async def test_increment_stays_64_bit(memory: Any, start: int, delta: int) -> None:
+    await memory.store("aqe/test/big", start)
+    with pytest.raises(SerializationError):
+        await memory.increment("aqe/test/big", delta)
+    assert await memory.retrieve("aqe/test/big") == start
+    assert await memory.increment("aqe/test/big", 0) == start
+
+
 async def test_increment_of_non_number(memory: Any, baseline: dict[str, Any]) -> None:
     for value in ({"v": 1}, "12", None, True, [1]):
         await memory.store("aqe/test/notnum", value)
