@@ -28,7 +28,7 @@ from lionagi_qe.errors import (
     SchemaMissingError,
     SerializationError,
 )
-from lionagi_qe.repositories.memory import MemoryRepository, StoreRow
+from lionagi_qe.repositories.memory import EntryRow, MemoryRepository, StoreRow
 
 __all__ = ["PostgresMemory"]
 
@@ -262,6 +262,17 @@ class PostgresMemory(MemoryBase):
             expires_at=row.expires_at,
             metadata=codec.decode(row.metadata_json),
         )
+
+    async def read_entries(self, keys: Iterable[str]) -> dict[str, EntryRow]:
+        """The live rows among ``keys`` as stored (JSON text), each with its remaining TTL by
+        the database clock, in one statement. For tiers that cache this store's rows."""
+        self._check_open()
+        checked = self._keys(keys)
+        if not checked:
+            return {}
+        async with self._repository() as repo:
+            rows = await repo.get_entries(checked)
+        return {row.key: row for row in rows}
 
     async def exists(self, key: str) -> bool:
         """True if ``key`` has a live entry."""

@@ -60,6 +60,8 @@ class EntryRow:
     created_at: datetime
     updated_at: datetime
     expires_at: datetime | None
+    #: Seconds the entry had left by the database clock when read; None: it never expires.
+    remaining: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,20 @@ def _utc(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
+
+
+def _entry_row(row: Any) -> EntryRow:
+    return EntryRow(
+        key=row[0],
+        value_json=row[1],
+        partition=row[2],
+        metadata_json=row[3],
+        version=int(row[4]),
+        created_at=_utc(row[5]) or row[5],
+        updated_at=_utc(row[6]) or row[6],
+        expires_at=_utc(row[7]),
+        remaining=None if row[8] is None else max(float(row[8]), 0.0),
+    )
 
 
 def _ttl_expr(with_ttl: bool) -> Any:
@@ -160,7 +176,7 @@ class _Statements:
         by_key = _c.key == bindparam("b_key")
         live = is_live(_c.expires_at)
         self.get_value = select(value_text).where(by_key, live)
-        self.get_entry = select(
+        entry_columns = (
             _c.key,
             value_text,
             _c.partition,
@@ -169,7 +185,9 @@ class _Statements:
             _c.created_at,
             _c.updated_at,
             _c.expires_at,
-        ).where(by_key, live)
+            seconds_until(_c.expires_at),
+        )
+        self.get_entry = select(*entry_columns).where(by_key, live)
         self.exists = select(literal(1)).where(by_key, live)
         self.ttl = select(_c.expires_at.is_(None), seconds_until(_c.expires_at)).where(by_key, live)
         self.expire = (
@@ -205,13 +223,11 @@ class _Statements:
                     self.search[with_upper, kind, with_limit] = stmt
 
         if dialect == "postgresql":
-            self.retrieve_many: Executable = select(_c.key, value_text).where(
-                _c.key == func.any(bindparam("keys", type_=ARRAY(Text()))), live
-            )
+            among_keys = _c.key == func.any(bindparam("keys", type_=ARRAY(Text())))
         else:
-            self.retrieve_many = select(_c.key, value_text).where(
-                _c.key.in_(bindparam("keys", expanding=True)), live
-            )
+            among_keys = _c.key.in_(bindparam("keys", expanding=True))
+        self.retrieve_many: Executable = select(_c.key, value_text).where(among_keys, live)
+        self.get_entries: Executable = select(*entry_columns).where(among_keys, live)
 
         partition_expired = and_(_c.partition == bindparam("b_partition"), _in_range(True))
         self.clear_expired_in_partition = delete(_t).where(partition_expired, _expired())
@@ -437,18 +453,12 @@ class MemoryRepository:
         """The whole live row, or None."""
         result = await self._execute(self._sql.get_entry, {"b_key": key})
         row = result.first()
-        if row is None:
-            return None
-        return EntryRow(
-            key=row[0],
-            value_json=row[1],
-            partition=row[2],
-            metadata_json=row[3],
-            version=int(row[4]),
-            created_at=_utc(row[5]) or row[5],
-            updated_at=_utc(row[6]) or row[6],
-            expires_at=_utc(row[7]),
-        )
+        return None if row is None else _entry_row(row)
+
+    async def get_entries(self, keys: Sequence[str]) -> list[EntryRow]:
+        """The whole live rows among ``keys`` (one statement), with their remaining TTLs."""
+        result = await self._execute(self._sql.get_entries, {"keys": list(keys)})
+        return [_entry_row(row) for row in result]
 
     async def exists(self, key: str) -> bool:
         """True if the key has a live entry."""
