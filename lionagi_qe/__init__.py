@@ -6,7 +6,7 @@ from lionagi_qe.backends.sql import PostgresMemory
 from lionagi_qe.cache import CachedMemory
 from lionagi_qe.config import Settings
 from lionagi_qe.coordination import AgentMemory, Job, WorkQueue
-from lionagi_qe.entry import MemoryEntry
+from lionagi_qe.entry import MemoryEntry, ScannedEntry
 from lionagi_qe.errors import (
     BackendUnavailableError,
     ClosedError,
@@ -47,6 +47,7 @@ __all__ = [
     "PersistenceError",
     "PostgresMemory",
     "RedisMemory",
+    "ScannedEntry",
     "SchemaMissingError",
     "SerializationError",
     "Settings",

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, overload, runtime_checkable
 
-from lionagi_qe.entry import MemoryEntry
+from lionagi_qe.entry import MemoryEntry, ScannedEntry
+from lionagi_qe.errors import InvalidArgumentError
 
-__all__ = ["MemoryBackend", "StoreItems"]
+__all__ = ["DEFAULT_SCAN_BATCH", "MemoryBackend", "ScannedEntry", "StoreItems", "scan_batch_size"]
 
 T = TypeVar("T")
 
 #: What ``store_many`` takes: a mapping or an iterable of ``(key, value)`` pairs.
 StoreItems = Mapping[str, Any] | Iterable[tuple[str, Any]]
+
+#: Entries ``scan`` reads per round trip unless told otherwise.
+DEFAULT_SCAN_BATCH = 1000
+
+
+def scan_batch_size(batch_size: object) -> int:
+    """Return ``batch_size`` if it is an int >= 1, else raise InvalidArgumentError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError("batch_size must be an int >= 1")
+    return batch_size
 
 
 @runtime_checkable
@@ -72,6 +83,19 @@ class MemoryBackend(Protocol):
 
     async def list_keys(self, prefix: str | None = None) -> list[str]:
         """Live keys starting with the literal ``prefix``, in code-point order."""
+        ...
+
+    def scan(
+        self, prefix: str | None = None, *, batch_size: int = DEFAULT_SCAN_BATCH
+    ) -> AsyncIterator[ScannedEntry]:
+        """Every live entry whose key starts with the literal ``prefix``, in code-point order.
+
+        An async iterator that reads ``batch_size`` entries per round trip (keyset pagination on
+        the key, never OFFSET), so memory stays bounded however large the store. Arguments are
+        validated when ``scan`` is called (InvalidKeyError, InvalidArgumentError), before any
+        I/O. Each page is a consistent read of its own; entries written or deleted while a scan
+        runs may or may not be seen, but no key is yielded twice and none is expired when read.
+        """
         ...
 
     async def store_many(

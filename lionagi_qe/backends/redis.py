@@ -43,7 +43,8 @@ stored JSON and its size equal what Python would write.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -56,6 +57,7 @@ from redis.exceptions import RedisError, ResponseError
 from lionagi_qe import codec
 from lionagi_qe.backends import redis_scripts as lua
 from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, KeyRange, MemoryBase
+from lionagi_qe.backends.protocol import DEFAULT_SCAN_BATCH, ScannedEntry, scan_batch_size
 from lionagi_qe.backends.redis_support import (
     ConnectionGate,
     encode_batch,
@@ -94,6 +96,26 @@ def _after(member: bytes | str) -> bytes | str:
 
 def _micros(raw: bytes | str) -> datetime:
     return _EPOCH + timedelta(microseconds=int(raw))
+
+
+def _scanned(
+    key: str, value: bytes | str, header: bytes | str, remaining_ms: int, read_at: float
+) -> ScannedEntry:
+    """An entry of a ``SCAN_PAGE`` reply (header layout: see ``redis_scripts``)."""
+    numbers, partition, metadata = _text(header).split("\x1f", 2)
+    version, created, updated, expires, _size = numbers.split(" ")
+    return ScannedEntry(
+        key=key,
+        value=codec.decode(value),
+        partition=partition,
+        version=int(version),
+        created_at=_micros(created),
+        updated_at=_micros(updated),
+        expires_at=_EPOCH + timedelta(milliseconds=int(expires)) if expires else None,
+        metadata=codec.decode(metadata),
+        ttl=None if remaining_ms < 0 else remaining_ms / 1000,
+        read_at=read_at,
+    )
 
 
 class RedisMemory(MemoryBase):
@@ -177,6 +199,7 @@ class RedisMemory(MemoryBase):
         self._values = register(lua.VALUES)
         self._live_keys = register(lua.LIVE_KEYS_PAGE)
         self._range_page = register(lua.RANGE_VALUES_PAGE)
+        self._scan_page = register(lua.SCAN_PAGE)
         self._stats_page = register(lua.STATS_PAGE)
         self._cleanup_page = register(lua.CLEANUP_PAGE)
         self._clear_page = register(lua.CLEAR_PARTITION_PAGE)
@@ -412,6 +435,33 @@ class RedisMemory(MemoryBase):
         async for page in self._pages(self._live_keys, key_range, [self._idx]):
             keys.extend(map(_text, page[2]))
         return keys
+
+    def scan(
+        self, prefix: str | None = None, *, batch_size: int = DEFAULT_SCAN_BATCH
+    ) -> AsyncIterator[ScannedEntry]:
+        """Every live entry under the literal ``prefix``, in code-point order, page by page.
+
+        Each page is one read-only script: ``ZRANGEBYLEX`` of the index after the last member
+        seen, then each member's hash and ``PTTL`` (``ttl`` is Redis's own remaining time).
+        Index members whose entries expired are skipped. Arguments are checked here, before
+        any I/O.
+        """
+        self._check_open()
+        key_range = self._list_range(prefix)
+        size = scan_batch_size(batch_size)
+        return self._scan(key_range, size)
+
+    async def _scan(self, key_range: KeyRange | None, size: int) -> AsyncIterator[ScannedEntry]:
+        if key_range is None:
+            return
+        pages = self._pages(self._scan_page, key_range, [self._idx], size)
+        async with aclosing(pages):
+            async for reply in pages:
+                read_at = time.monotonic()
+                flat = reply[2:]
+                for index in range(0, len(flat), 4):
+                    key, value, header, remaining = flat[index : index + 4]
+                    yield _scanned(_text(key), value, header, int(remaining), read_at)
 
     async def store_many(
         self,

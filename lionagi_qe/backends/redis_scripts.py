@@ -34,6 +34,7 @@ __all__ = [
     "INCREMENT",
     "LIVE_KEYS_PAGE",
     "RANGE_VALUES_PAGE",
+    "SCAN_PAGE",
     "STATS_PAGE",
     "STORE",
     "STORE_MANY",
@@ -346,6 +347,27 @@ for _, key in ipairs(members) do
   if value then
     out[#out + 1] = key
     out[#out + 1] = value
+  end
+end
+return out
+"""
+)
+
+#: KEYS: idx. ARGV: base, min, max, count. Returns {last, seen, key, value JSON, header,
+#: remaining ms (PTTL: -1 = no expiry), ...} for the live entries of the page.
+SCAN_PAGE = (
+    _READ
+    + _PAGE
+    + r"""
+local out = {last, #members}
+for _, key in ipairs(members) do
+  local entry = entries .. key
+  local fields = redis.call('HMGET', entry, 'v', 'h')
+  if fields[1] and fields[2] then
+    out[#out + 1] = key
+    out[#out + 1] = fields[1]
+    out[#out + 1] = fields[2]
+    out[#out + 1] = redis.call('PTTL', entry)
   end
 end
 return out

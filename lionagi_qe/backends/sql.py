@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -17,7 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from lionagi_qe import codec
-from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, MemoryBase
+from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, KeyRange, MemoryBase
+from lionagi_qe.backends.protocol import DEFAULT_SCAN_BATCH, ScannedEntry, scan_batch_size
 from lionagi_qe.db.engine import create_engine
 from lionagi_qe.db.manager import Database
 from lionagi_qe.db.translate import FOREIGN_KEY_VIOLATION, SCHEMA_HINT, sqlstate_of, translate
@@ -353,6 +355,46 @@ class PostgresMemory(MemoryBase):
             return []
         async with self._repository() as repo:
             return await repo.list_keys(key_range.lower, key_range.upper)
+
+    def scan(
+        self, prefix: str | None = None, *, batch_size: int = DEFAULT_SCAN_BATCH
+    ) -> AsyncIterator[ScannedEntry]:
+        """Every live entry under the literal ``prefix``, in code-point order, page by page.
+
+        Each page is one statement (``key > last ORDER BY key LIMIT batch_size`` on the
+        ``COLLATE "C"`` key index, never OFFSET) on its own connection, so no connection or
+        transaction is held between pages. ``ttl`` is the remaining time by the database clock,
+        read in the same statement. Arguments are checked here, before any I/O.
+        """
+        self._check_open()
+        key_range = self._list_range(prefix)
+        size = scan_batch_size(batch_size)
+        return self._scan(key_range, size)
+
+    async def _scan(self, key_range: KeyRange | None, size: int) -> AsyncIterator[ScannedEntry]:
+        if key_range is None:
+            return
+        after: str | None = None
+        while True:
+            async with self._repository() as repo:
+                rows = await repo.scan_page(key_range.lower, key_range.upper, after, size)
+            read_at = time.monotonic()
+            for row in rows:
+                yield ScannedEntry(
+                    key=row.key,
+                    value=codec.decode(row.value_json),
+                    partition=row.partition,
+                    version=row.version,
+                    created_at=row.created_at,
+                    updated_at=row.updated_at,
+                    expires_at=row.expires_at,
+                    metadata=codec.decode(row.metadata_json),
+                    ttl=row.remaining,
+                    read_at=read_at,
+                )
+            if len(rows) < size:
+                return
+            after = rows[-1].key
 
     async def store_many(
         self,

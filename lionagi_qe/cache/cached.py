@@ -56,7 +56,7 @@ database errors are raised exactly as :class:`PostgresMemory` raises them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -64,6 +64,7 @@ import redis.asyncio as redis
 
 from lionagi_qe import codec
 from lionagi_qe.backends.base import MemoryBase
+from lionagi_qe.backends.protocol import DEFAULT_SCAN_BATCH, ScannedEntry
 from lionagi_qe.backends.sql import PostgresMemory
 from lionagi_qe.cache import scripts
 from lionagi_qe.cache.breaker import BreakerState, CircuitBreaker
@@ -329,6 +330,17 @@ class CachedMemory(MemoryBase):
         """Live keys starting with the literal ``prefix``; answered by the database."""
         self._check_open()
         return await self._database.list_keys(prefix)
+
+    def scan(
+        self, prefix: str | None = None, *, batch_size: int = DEFAULT_SCAN_BATCH
+    ) -> AsyncIterator[ScannedEntry]:
+        """Every live entry under the literal ``prefix``, page by page; read from the database.
+
+        The cache is neither read nor filled: a scan visits every entry once, so filling would
+        only evict hot records, and the database is the source of truth.
+        """
+        self._check_open()
+        return self._database.scan(prefix, batch_size=batch_size)
 
     async def cleanup_expired(self) -> int:
         """Delete expired rows in the database (their cache records have expired already)."""

@@ -19,9 +19,7 @@ from typing import Annotated
 import typer
 
 from lionagi_qe import __version__
-from lionagi_qe.cli.db import db_app
-from lionagi_qe.cli.demo import demo
-from lionagi_qe.cli.memory import memory_app
+from lionagi_qe.cli import bench, db, demo, memory, transfer
 
 __all__ = ["app", "main"]
 
@@ -32,9 +30,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(db_app, name="db")
-app.add_typer(memory_app, name="memory")
-app.command("demo")(demo)
+for _group in (db, memory, transfer, demo, bench):
+    _group.register(app)
 
 
 def _version(value: bool) -> None:

@@ -30,6 +30,11 @@ from lionagi_qe.config import mask_url
 db_app = typer.Typer(help="Manage the database schema (Alembic migrations).", no_args_is_help=True)
 
 
+def register(app: typer.Typer) -> None:
+    """Add ``db upgrade|downgrade|current|check`` to ``app``."""
+    app.add_typer(db_app, name="db")
+
+
 async def _on_engine(database_url: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """Run ``work`` on a throwaway engine (no pool), translating driver errors."""
     from lionagi_qe.db.engine import create_engine

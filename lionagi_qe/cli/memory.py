@@ -28,6 +28,11 @@ from lionagi_qe.cli.common import (
 memory_app = typer.Typer(help="Read and write the agent memory store.", no_args_is_help=True)
 
 
+def register(app: typer.Typer) -> None:
+    """Add ``memory get|put|delete|ls|search|stats|cleanup`` to ``app``."""
+    app.add_typer(memory_app, name="memory")
+
+
 @memory_app.command("get")
 def memory_get(
     key: Annotated[str, typer.Argument(help="The key, e.g. aqe/agent-1/result.")],

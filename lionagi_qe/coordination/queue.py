@@ -1,9 +1,19 @@
-"""``WorkQueue``: a PostgreSQL job queue with priorities, delays, dedupe keys and leases.
+"""``WorkQueue``: a job queue with priorities, delays, dedupe keys and leases.
 
-Every operation is one Core statement, built once at import and run in autocommit: each is a
-single-row (or single-batch) change that needs no surrounding unit of work, and autocommit keeps
-row locks for the shortest possible time. All times come from the database clock, so consumers
-on hosts with skewed clocks agree on when a lease lapses.
+PostgreSQL is the queue for a fleet: any number of consumers on any number of hosts, claims
+made safe by ``FOR UPDATE SKIP LOCKED``. SQLite (the embedded default) runs the same queue for
+one machine: SQLite serializes writers, so a claim, one ``UPDATE … WHERE id = (SELECT … LIMIT
+1) RETURNING …`` statement, picks and leases its job under the database's write lock, and no
+two consumers can take the same job; concurrent consumers wait for each other (the engine's
+``busy_timeout``) instead of skipping ahead.
+
+Every operation is one Core statement, built once per dialect. On PostgreSQL it runs in
+autocommit: each is a single-row (or single-batch) change that needs no surrounding unit of
+work, and autocommit keeps row locks for the shortest possible time. On SQLite a write runs in
+its own short transaction (switching an aiosqlite connection to autocommit and back costs two
+thread hops), begun by the write itself so the write lock is taken with the busy timeout. All
+times come from the database clock (PostgreSQL ``statement_timestamp()``, SQLite's ``'now'``),
+so consumers with skewed clocks agree on when a lease lapses.
 
 States: ``queued`` → ``active`` (claimed, leased) → ``done``; :meth:`WorkQueue.fail` puts a job
 back to ``queued`` until it has used ``max_attempts`` attempts, then ``dead``. ``failed`` is
@@ -22,6 +32,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -37,12 +48,13 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    literal_column,
     or_,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
@@ -65,6 +77,7 @@ _c = _t.c
 #: Rows deleted per statement by :meth:`WorkQueue.purge`.
 PURGE_BATCH = 1000
 _MAX_NAME = 255
+_DIALECTS = ("postgresql", "sqlite")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +96,7 @@ class Job:
 
 
 def _utc(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive UTC; PostgreSQL aware datetimes.
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
@@ -102,11 +116,6 @@ def _job(row: Any) -> Job:
     )
 
 
-def _json(name: str) -> Any:
-    # Values are encoded by lionagi_qe.codec in the caller's process, then cast on the server.
-    return cast(bindparam(name, type_=Text()), postgresql.JSONB())
-
-
 def _seconds(name: str) -> Any:
     return seconds_from_now(bindparam(name, type_=Double()))
 
@@ -123,105 +132,135 @@ _JOB_COLUMNS = (
     _c.lease_expires_at,
 )
 
-_insert = postgresql.insert(_t).values(
-    id=bindparam("job_id"),
-    queue=bindparam("b_queue"),
-    payload=_json("b_payload"),
-    priority=bindparam("b_priority", type_=Integer()),
-    max_attempts=bindparam("b_max_attempts", type_=Integer()),
-    dedupe_key=bindparam("b_dedupe_key"),
-    available_at=_seconds("delay"),
-    created_at=server_now(),
-    updated_at=server_now(),
-)
-#: A live job with the same dedupe key wins: the no-op update makes RETURNING give its id.
-_ENQUEUE = _insert.on_conflict_do_update(
-    index_elements=[_c.queue, _c.dedupe_key],
-    index_where=text("state IN ('queued', 'active')"),
-    set_={"dedupe_key": _insert.excluded.dedupe_key},
-).returning(_c.id)
 
-_lapsed = and_(_c.state == "active", _c.lease_expires_at <= server_now())
-_next_id = (
-    select(_c.id)
-    .where(
-        _c.queue == bindparam("b_queue"),
-        or_(and_(_c.state == "queued", _c.available_at <= server_now()), _lapsed),
-    )
-    .order_by(_c.priority.desc(), _c.available_at, _c.created_at)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-    .scalar_subquery()
-)
-# A lapsed job that has used every attempt dies here instead of being handed out again.
-_exhausted = and_(_c.state == "active", _c.attempts >= _c.max_attempts)
-_CLAIM = (
-    update(_t)
-    .where(_c.id == _next_id)
-    .values(
-        state=case((_exhausted, literal("dead")), else_=literal("active")),
-        attempts=case((_exhausted, _c.attempts), else_=_c.attempts + 1),
-        lease_owner=case((_exhausted, None), else_=bindparam("consumer")),
-        lease_expires_at=case((_exhausted, None), else_=_seconds("lease")),
-        error=case((_exhausted, literal("lease expired on the last attempt")), else_=_c.error),
-        finished_at=case((_exhausted, server_now()), else_=None),
-        updated_at=server_now(),
-    )
-    .returning(*_JOB_COLUMNS)
-)
+class _Statements:
+    """Every statement the queue runs, built once for one dialect."""
 
-#: The caller still holds the job: same consumer, same attempt, still active.
-_held = and_(
-    _c.id == bindparam("job_id"),
-    _c.state == "active",
-    _c.lease_owner == bindparam("consumer"),
-    _c.attempts == bindparam("b_attempts", type_=Integer()),
-)
-_HEARTBEAT = (
-    update(_t)
-    .where(_held)
-    .values(lease_expires_at=_seconds("lease"), updated_at=server_now())
-    .returning(*_JOB_COLUMNS)
-)
-_COMPLETE = (
-    update(_t)
-    .where(_held)
-    .values(
-        state="done",
-        result=_json("b_result"),
-        lease_owner=None,
-        lease_expires_at=None,
-        finished_at=server_now(),
-        updated_at=server_now(),
-    )
-    .returning(_c.id)
-)
-_dies = _c.attempts >= _c.max_attempts
-_FAIL = (
-    update(_t)
-    .where(_held)
-    .values(
-        state=case((_dies, literal("dead")), else_=literal("queued")),
-        error=bindparam("b_error", type_=Text()),
-        lease_owner=None,
-        lease_expires_at=None,
-        available_at=case((_dies, _c.available_at), else_=_seconds("retry_delay")),
-        finished_at=case((_dies, server_now()), else_=None),
-        updated_at=server_now(),
-    )
-    .returning(_c.state)
-)
-_STATS = select(_c.state, func.count()).where(_c.queue == bindparam("b_queue")).group_by(_c.state)
-_purge_ids = (
-    select(_c.id)
-    .where(
-        _c.queue == bindparam("b_queue"),
-        _c.state.in_(("done", "dead")),
-        _c.finished_at <= _seconds("age"),
-    )
-    .limit(PURGE_BATCH)
-)
-_PURGE = delete(_t).where(_c.id.in_(_purge_ids))
+    def __init__(self, dialect: str) -> None:
+        on_postgres = dialect == "postgresql"
+
+        def json_value(name: str) -> Any:
+            # Values are encoded by lionagi_qe.codec in the caller's process; PostgreSQL casts
+            # the text to jsonb on the server, SQLite stores the text as it is.
+            value = bindparam(name, type_=Text())
+            return cast(value, postgresql.JSONB()) if on_postgres else value
+
+        insert = postgresql.insert if on_postgres else sqlite.insert
+        new_job = insert(_t).values(
+            id=bindparam("job_id"),
+            queue=bindparam("b_queue"),
+            payload=json_value("b_payload"),
+            priority=bindparam("b_priority", type_=Integer()),
+            max_attempts=bindparam("b_max_attempts", type_=Integer()),
+            dedupe_key=bindparam("b_dedupe_key"),
+            available_at=_seconds("delay"),
+            created_at=server_now(),
+            updated_at=server_now(),
+        )
+        #: A live job with the same dedupe key wins: the no-op update makes RETURNING give its
+        #: id.
+        self.enqueue: Executable = new_job.on_conflict_do_update(
+            index_elements=[_c.queue, _c.dedupe_key],
+            index_where=text("state IN ('queued', 'active')"),
+            set_={"dedupe_key": new_job.excluded.dedupe_key},
+        ).returning(_c.id)
+
+        lapsed = and_(_c.state == "active", _c.lease_expires_at <= server_now())
+        order = [_c.priority.desc(), _c.available_at, _c.created_at]
+        if not on_postgres:
+            # SQLite's clock has millisecond resolution: jobs enqueued in the same millisecond
+            # keep their insertion order by rowid (the implicit last column of every index).
+            order.append(literal_column("queue_jobs.rowid"))
+        next_id = (
+            select(_c.id)
+            .where(
+                _c.queue == bindparam("b_queue"),
+                or_(and_(_c.state == "queued", _c.available_at <= server_now()), lapsed),
+            )
+            .order_by(*order)
+            .limit(1)
+        )
+        if on_postgres:
+            next_id = next_id.with_for_update(skip_locked=True)
+        # A lapsed job that has used every attempt dies here instead of being handed out again.
+        exhausted = and_(_c.state == "active", _c.attempts >= _c.max_attempts)
+        self.claim: Executable = (
+            update(_t)
+            .where(_c.id == next_id.scalar_subquery())
+            .values(
+                state=case((exhausted, literal("dead")), else_=literal("active")),
+                attempts=case((exhausted, _c.attempts), else_=_c.attempts + 1),
+                lease_owner=case((exhausted, None), else_=bindparam("consumer")),
+                lease_expires_at=case((exhausted, None), else_=_seconds("lease")),
+                error=case(
+                    (exhausted, literal("lease expired on the last attempt")), else_=_c.error
+                ),
+                finished_at=case((exhausted, server_now()), else_=None),
+                updated_at=server_now(),
+            )
+            .returning(*_JOB_COLUMNS)
+        )
+
+        #: The caller still holds the job: same consumer, same attempt, still active.
+        held = and_(
+            _c.id == bindparam("job_id"),
+            _c.state == "active",
+            _c.lease_owner == bindparam("consumer"),
+            _c.attempts == bindparam("b_attempts", type_=Integer()),
+        )
+        self.heartbeat: Executable = (
+            update(_t)
+            .where(held)
+            .values(lease_expires_at=_seconds("lease"), updated_at=server_now())
+            .returning(*_JOB_COLUMNS)
+        )
+        self.complete: Executable = (
+            update(_t)
+            .where(held)
+            .values(
+                state="done",
+                result=json_value("b_result"),
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=server_now(),
+                updated_at=server_now(),
+            )
+            .returning(_c.id)
+        )
+        dies = _c.attempts >= _c.max_attempts
+        self.fail: Executable = (
+            update(_t)
+            .where(held)
+            .values(
+                state=case((dies, literal("dead")), else_=literal("queued")),
+                error=bindparam("b_error", type_=Text()),
+                lease_owner=None,
+                lease_expires_at=None,
+                available_at=case((dies, _c.available_at), else_=_seconds("retry_delay")),
+                finished_at=case((dies, server_now()), else_=None),
+                updated_at=server_now(),
+            )
+            .returning(_c.state)
+        )
+        by_queue = _c.queue == bindparam("b_queue")
+        self.stats: Executable = select(_c.state, func.count()).where(by_queue).group_by(_c.state)
+        purge_ids = (
+            select(_c.id)
+            .where(
+                _c.queue == bindparam("b_queue"),
+                _c.state.in_(("done", "dead")),
+                _c.finished_at <= _seconds("age"),
+            )
+            .limit(PURGE_BATCH)
+        )
+        self.purge: Executable = delete(_t).where(_c.id.in_(purge_ids))
+        any_ids = select(_c.id).where(by_queue).limit(PURGE_BATCH)
+        self.clear: Executable = delete(_t).where(_c.id.in_(any_ids))
+
+
+@cache
+def _statements(dialect: str) -> _Statements:
+    return _Statements(dialect)
 
 
 def _check_name(value: Any, what: str) -> str:
@@ -252,17 +291,28 @@ def _check_int(value: Any, what: str, minimum: int | None = None) -> int:
 
 
 class WorkQueue:
-    """A named queue of JSON jobs on PostgreSQL, safe for any number of concurrent consumers.
+    """A named queue of JSON jobs on PostgreSQL or SQLite, safe for concurrent consumers.
+
+    On PostgreSQL any number of consumers in any number of processes and hosts claim without
+    blocking each other (``FOR UPDATE SKIP LOCKED``). On SQLite the queue is for one machine:
+    the database has a single writer, so claims are serialized by its write lock (still
+    exactly once, and consumers in several processes sharing the file are safe), and
+    throughput is that of one writer.
 
     Args:
         database: a :class:`~lionagi_qe.db.manager.Database` (or ``DatabaseManager``), an
-            :class:`AsyncEngine`, or a PostgreSQL URL (the queue then owns its engine and
-            :meth:`close` disposes it).
+            :class:`AsyncEngine`, or a PostgreSQL or SQLite URL (the queue then owns its
+            engine and :meth:`close` disposes it).
         name: the queue's name; queues share the table and never see each other's jobs.
 
+    The queue never creates its table: run ``lionagi-qe db upgrade`` (or let the embedded
+    SQLite memory upgrade the file first); a missing table raises :class:`SchemaMissingError`
+    naming that command. (Alembic keeps its context in module globals, so migrations started
+    from several objects at once in one process would trip over each other.)
+
     Raises:
-        InvalidArgumentError: the database is not PostgreSQL (``FOR UPDATE SKIP LOCKED`` is
-            what makes concurrent claims safe), or the name is empty or too long.
+        InvalidArgumentError: the database is neither PostgreSQL nor SQLite, or the name is
+            empty or too long.
     """
 
     def __init__(self, database: Database | AsyncEngine | str | URL, name: str) -> None:
@@ -273,26 +323,43 @@ class WorkQueue:
         elif isinstance(database, AsyncEngine):
             engine = database
         elif isinstance(database, str | URL):
-            url = normalize_url(database)
-            if url.get_backend_name() != "postgresql":
-                raise InvalidArgumentError("WorkQueue needs PostgreSQL")
-            engine = create_engine(url)
+            engine = create_engine(normalize_url(database))
             self._owns_engine = True
         else:
             raise InvalidArgumentError("database must be a Database, an AsyncEngine or a URL")
-        if engine.dialect.name != "postgresql":
-            raise InvalidArgumentError("WorkQueue needs PostgreSQL")
-        self._engine: AsyncEngine | None = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.dialect = engine.dialect.name
+        if self.dialect not in _DIALECTS:
+            raise InvalidArgumentError("WorkQueue needs PostgreSQL or SQLite")
+        self._sql = _statements(self.dialect)
+        self._on_sqlite = self.dialect == "sqlite"
         self._base_engine = engine
+        self._engine: AsyncEngine | None = (
+            engine if self._on_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
-    async def _run(self, statement: Executable, params: dict[str, Any]) -> Any:
+    def _engine_or_closed(self) -> AsyncEngine:
         if self._engine is None:
             raise ClosedError("this WorkQueue is closed")
+        return self._engine
+
+    async def _execute(self, statement: Executable, params: dict[str, Any], *, write: bool) -> Any:
+        """Run one statement; return its result (rows fetched, or the row count)."""
+        engine = self._engine_or_closed()
         try:
-            async with self._engine.connect() as conn:
-                return (await conn.execute(statement, params)).all()
+            if write and self._on_sqlite:
+                # The UPDATE/INSERT is the transaction's first statement, so SQLite takes the
+                # write lock with the busy timeout and the statement sees the newest data.
+                async with engine.begin() as conn:
+                    result = await conn.execute(statement, params)
+                    return result.all() if result.returns_rows else result.rowcount
+            async with engine.connect() as conn:
+                result = await conn.execute(statement, params)
+                return result.all() if result.returns_rows else result.rowcount
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise translate(exc) from exc
+
+    async def _run(self, statement: Executable, params: dict[str, Any]) -> Any:
+        return await self._execute(statement, params, write=True)
 
     async def enqueue(
         self,
@@ -327,16 +394,17 @@ class WorkQueue:
             "b_dedupe_key": None if dedupe_key is None else _check_name(dedupe_key, "dedupe_key"),
             "delay": 0.0 if delay is None else _check_seconds(delay, "delay"),
         }
-        rows = await self._run(_ENQUEUE, params)
+        rows = await self._run(self._sql.enqueue, params)
         return str(rows[0].id)
 
     async def claim(self, consumer: str, *, lease: float = 30.0) -> Job | None:
         """Take the next available job for ``consumer`` and lease it for ``lease`` seconds.
 
-        The next job is the highest-priority queued job whose delay has passed, or an active
-        job whose lease has lapsed (its consumer is presumed dead). Returns None when there is
-        none. Jobs locked by a concurrent claim are skipped, never waited for or handed out
-        twice.
+        The next job is the highest-priority queued job whose delay has passed (oldest first
+        among equals), or an active job whose lease has lapsed (its consumer is presumed
+        dead). Returns None when there is none. A job is never handed out twice while its
+        lease is valid: PostgreSQL skips jobs locked by a concurrent claim, SQLite runs claims
+        one at a time.
         """
         params = {
             "b_queue": self.name,
@@ -344,7 +412,7 @@ class WorkQueue:
             "lease": _check_seconds(lease, "lease", allow_zero=False),
         }
         while True:
-            rows = await self._run(_CLAIM, params)
+            rows = await self._run(self._sql.claim, params)
             if not rows:
                 return None
             job = _job(rows[0])
@@ -373,7 +441,7 @@ class WorkQueue:
         params["lease"] = (
             30.0 if lease is None else _check_seconds(lease, "lease", allow_zero=False)
         )
-        rows = await self._run(_HEARTBEAT, params)
+        rows = await self._run(self._sql.heartbeat, params)
         if not rows:
             raise LeaseLostError(f"job {job.id} is no longer held by {job.consumer!r}")
         return _job(rows[0])
@@ -389,7 +457,7 @@ class WorkQueue:
         """
         params = self._held_params(job)
         params["b_result"] = encode(result)
-        if not await self._run(_COMPLETE, params):
+        if not await self._run(self._sql.complete, params):
             raise LeaseLostError(f"job {job.id} is no longer held by {job.consumer!r}")
 
     async def fail(self, job: Job, error: str, *, retry_delay: float = 0.0) -> str:
@@ -406,7 +474,7 @@ class WorkQueue:
             raise InvalidArgumentError("error must be a string")
         params["b_error"] = error.replace("\x00", "")
         params["retry_delay"] = _check_seconds(retry_delay, "retry_delay")
-        rows = await self._run(_FAIL, params)
+        rows = await self._run(self._sql.fail, params)
         if not rows:
             raise LeaseLostError(f"job {job.id} is no longer held by {job.consumer!r}")
         return str(rows[0].state)
@@ -414,7 +482,8 @@ class WorkQueue:
     async def stats(self) -> dict[str, int]:
         """Number of jobs in each state (every state present, zeros included)."""
         counts = dict.fromkeys(JOB_STATES, 0)
-        for state, count in await self._run(_STATS, {"b_queue": self.name}):
+        rows = await self._execute(self._sql.stats, {"b_queue": self.name}, write=False)
+        for state, count in rows:
             counts[state] = int(count)
         return counts
 
@@ -427,16 +496,20 @@ class WorkQueue:
         Deletes in batches of :data:`PURGE_BATCH` rows, each its own transaction.
         """
         age = 0.0 if older_than is None else _check_seconds(older_than, "older_than")
-        params = {"b_queue": self.name, "age": -age}
+        return await self._delete_batches(self._sql.purge, {"b_queue": self.name, "age": -age})
+
+    async def clear(self) -> int:
+        """Delete every job of this queue, whatever its state; return how many.
+
+        For tests and demos that start over: a consumer still holding one of these jobs gets
+        :class:`LeaseLostError` when it reports back. Other queues are untouched.
+        """
+        return await self._delete_batches(self._sql.clear, {"b_queue": self.name})
+
+    async def _delete_batches(self, statement: Executable, params: dict[str, Any]) -> int:
         total = 0
         while True:
-            if self._engine is None:
-                raise ClosedError("this WorkQueue is closed")
-            try:
-                async with self._engine.connect() as conn:
-                    deleted = (await conn.execute(_PURGE, params)).rowcount
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                raise translate(exc) from exc
+            deleted: int = await self._run(statement, params)
             total += deleted
             if deleted < PURGE_BATCH:
                 return total
@@ -448,4 +521,4 @@ class WorkQueue:
             await self._base_engine.dispose()
 
     def __repr__(self) -> str:
-        return f"<WorkQueue {self.name!r}>"
+        return f"<WorkQueue {self.name!r} on {self.dialect}>"

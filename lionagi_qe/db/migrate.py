@@ -7,6 +7,8 @@ their pool and, in tests, their transaction.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,13 +69,29 @@ async def _with_connection(
         return await conn.run_sync(fn)
 
 
+#: Alembic keeps the running migration's context in module globals, so two migrations that
+#: interleave on one event loop (two stores set up at once) would share it: one at a time.
+_command_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _command_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _command_locks.get(loop)
+    if lock is None:
+        lock = _command_locks[loop] = asyncio.Lock()
+    return lock
+
+
 async def upgrade(bind: AsyncEngine | AsyncConnection, revision: str = "head") -> None:
     """Upgrade the schema to ``revision``."""
 
     def run(conn: Connection) -> None:
         command.upgrade(alembic_config(connection=conn), revision)
 
-    await _with_connection(bind, run, transaction=True)
+    async with _command_lock():
+        await _with_connection(bind, run, transaction=True)
 
 
 async def downgrade(bind: AsyncEngine | AsyncConnection, revision: str = "base") -> None:
@@ -82,7 +100,8 @@ async def downgrade(bind: AsyncEngine | AsyncConnection, revision: str = "base")
     def run(conn: Connection) -> None:
         command.downgrade(alembic_config(connection=conn), revision)
 
-    await _with_connection(bind, run, transaction=True)
+    async with _command_lock():
+        await _with_connection(bind, run, transaction=True)
 
 
 async def current(bind: AsyncEngine | AsyncConnection) -> str | None:

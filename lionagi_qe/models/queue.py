@@ -1,4 +1,4 @@
-"""The work queue table: ``queue_jobs``, one row per job (PostgreSQL is where it is used)."""
+"""The work queue table: ``queue_jobs``, one row per job (PostgreSQL, or SQLite on one machine)."""
 
 from __future__ import annotations
 

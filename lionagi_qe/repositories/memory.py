@@ -188,6 +188,21 @@ class _Statements:
             seconds_until(_c.expires_at),
         )
         self.get_entry = select(*entry_columns).where(by_key, live)
+        # scan: keyset pages over [lower, upper), the first from ``lower``, each next one after
+        # the last key seen; the remaining TTL comes from the database clock in the same row.
+        self.scan: dict[bool, Executable] = {}
+        for after in (False, True):
+            start = (
+                _c.key > bindparam("after", type_=Text())
+                if after
+                else _c.key >= bindparam("lower", type_=Text())
+            )
+            self.scan[after] = (
+                select(*entry_columns)
+                .where(start, _c.key < bindparam("upper", type_=Text()), live)
+                .order_by(_c.key)
+                .limit(bindparam("limit", type_=Integer()))
+            )
         self.exists = select(literal(1)).where(by_key, live)
         self.ttl = select(_c.expires_at.is_(None), seconds_until(_c.expires_at)).where(by_key, live)
         self.expire = (
@@ -458,6 +473,18 @@ class MemoryRepository:
     async def get_entries(self, keys: Sequence[str]) -> list[EntryRow]:
         """The whole live rows among ``keys`` (one statement), with their remaining TTLs."""
         result = await self._execute(self._sql.get_entries, {"keys": list(keys)})
+        return [_entry_row(row) for row in result]
+
+    async def scan_page(
+        self, lower: str, upper: str, after: str | None, limit: int
+    ) -> list[EntryRow]:
+        """Up to ``limit`` live rows in [lower, upper) (after ``after`` if given), by key."""
+        params: dict[str, Any] = {"upper": upper, "limit": limit}
+        if after is None:
+            params["lower"] = lower
+        else:
+            params["after"] = after
+        result = await self._execute(self._sql.scan[after is not None], params)
         return [_entry_row(row) for row in result]
 
     async def exists(self, key: str) -> bool:

@@ -294,75 +294,6 @@ def test_usage_errors_exit_2(runner: CliRunner) -> None:
     assert invoke(runner, "demo", "--agents", "0").exit_code == 2
 
 
-# -- demo ------------------------------------------------------------------------------------
-
-
-def check_demo_summary(summary: dict[str, Any], *, generators: int, rounds: int) -> None:
-    """The numbers a finished demo run must show."""
-    suites = generators * rounds
-    assert summary["prefix"] == "aqe/demo/"
-    assert summary["agents"] == {
-        "total": generators + 3,
-        "commander": 1,
-        "generators": generators,
-        "executors": 2,
-    }
-    assert summary["suites"] == {"generated": suites, "executed": suites}
-    tests = summary["tests"]
-    assert tests["total"] == tests["passed"] + tests["failed"]
-    assert 3 * suites <= tests["total"] <= 8 * suites
-    assert tests["passed"] > tests["failed"]
-    assert summary["claims"]["won"] == suites
-    assert summary["plan"] == {"status": "complete", "version": 3}
-    assert summary["heartbeats"]["alive"] == generators + 1
-    assert summary["heartbeats"]["expired_agents"] == ["test-exec-1", "test-exec-2"]
-    report = summary["report"]
-    assert sorted(report) == ["test-exec-1", "test-exec-2"]
-    assert sum(item["suites"] for item in report.values()) == suites
-    assert sum(item["passed"] for item in report.values()) == tests["passed"]
-    assert sum(item["failed"] for item in report.values()) == tests["failed"]
-    assert summary["entries"]["written"] >= 4 * suites
-    assert summary["entries"]["read"] >= suites
-    assert summary["stats"]["total_keys"] >= 3 * suites
-    assert summary["elapsed_seconds"] < 5
-
-
-def test_demo_on_the_embedded_default(runner: CliRunner, tmp_path: Path) -> None:
-    first = ok_json(runner, "demo", "--agents", "2", "--rounds", "2")
-    assert first["database_url"] == "sqlite+aiosqlite:///./aqe-memory.db"
-    assert (tmp_path / "aqe-memory.db").is_file()
-    check_demo_summary(first, generators=2, rounds=2)
-    assert first["removed_before"] == 0
-
-    # Re-runnable, and the outcome of the tests depends only on the seed.
-    second = ok_json(runner, "demo", "--agents", "2", "--rounds", "2")
-    check_demo_summary(second, generators=2, rounds=2)
-    assert second["tests"] == first["tests"]
-    assert second["removed_before"] > 0
-    other_seed = ok_json(runner, "demo", "--agents", "2", "--rounds", "2", "--seed", "8")
-    check_demo_summary(other_seed, generators=2, rounds=2)
-
-    kept = ok_json(runner, "memory", "ls", "aqe/demo/")
-    assert "aqe/demo/fleet/plan" in kept
-    assert "aqe/demo/test-gen-2/tests/2" in kept
-
-    human = invoke(runner, "demo")
-    assert human.exit_code == 0, human.output
-    assert "QE fleet demo on sqlite" in human.stdout
-    assert "passed" in human.stdout
-    assert "test-exec-2" in human.stdout
-    assert "lionagi-qe memory ls aqe/demo/" in human.stdout
-
-
-def test_demo_cleanup_leaves_other_keys_alone(runner: CliRunner, sqlite_url: str) -> None:
-    url = ("--database-url", sqlite_url)
-    assert ok_json(runner, "memory", "put", "aqe/mine/keep", '"kept"', *url)["version"] == 1
-    summary = ok_json(runner, "demo", "--agents", "1", "--rounds", "1", "--cleanup", *url)
-    check_demo_summary(summary, generators=1, rounds=1)
-    assert ok_json(runner, "memory", "ls", "aqe/demo/", *url) == []
-    assert ok_json(runner, "memory", "ls", *url) == ["aqe/mine/keep"]
-
-
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 
@@ -396,12 +327,3 @@ def test_db_current_and_check_on_postgres(runner: CliRunner, aqe_database_url: s
         "drift": False,
         "differences": [],
     }
-
-
-@pytest.mark.integration
-@pytest.mark.postgres
-def test_demo_on_postgres(runner: CliRunner, aqe_database_url: str) -> None:
-    summary = ok_json(runner, "demo", "--cleanup", "--database-url", aqe_database_url)
-    check_demo_summary(summary, generators=3, rounds=3)
-    assert summary["stats"]["backend"] == "postgresql"
-    assert ok_json(runner, "memory", "ls", "aqe/demo/", "--database-url", aqe_database_url) == []

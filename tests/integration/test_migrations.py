@@ -345,3 +345,22 @@ async def test_alembic_command_line_upgrade_check_downgrade(
     assert code == 0, output
     assert await migrate.current(fresh_engine) == migrate.head()
     assert await migrate.check(fresh_engine) == []
+
+
+async def test_embedded_stores_set_up_at_once_each_get_their_schema(tmp_path: Path) -> None:
+    # Alembic's running context is module-global: interleaved upgrades on one loop would
+    # share it (KeyError 'config' or a half-migrated file) unless they take turns.
+    from lionagi_qe.backends.sql import PostgresMemory
+
+    memories = [PostgresMemory(f"sqlite+aiosqlite:///{tmp_path}/store-{i}.db") for i in range(4)]
+    try:
+        versions = await asyncio.gather(
+            *(memory.store(f"aqe/setup/{i}", i) for i, memory in enumerate(memories))
+        )
+        assert versions == [1, 1, 1, 1]
+        for i, memory in enumerate(memories):
+            assert await memory.retrieve(f"aqe/setup/{i}") == i
+            assert memory.engine is not None
+            assert await migrate.current(memory.engine) == migrate.head()
+    finally:
+        await asyncio.gather(*(memory.close() for memory in memories))

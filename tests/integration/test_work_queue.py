@@ -1,6 +1,8 @@
-"""WorkQueue on real PostgreSQL: order, delay, dedupe, leases, retries, exactly-once (SPEC §6).
+"""WorkQueue on real PostgreSQL and on SQLite files: order, delay, dedupe, leases, retries,
+exactly-once claims (SPEC §6). Every behaviour is the same on both.
 
-The table is shared by every test of a worker, so each test uses a queue of its own name.
+The PostgreSQL table is shared by every test of a worker, so each test uses a queue of its own
+name; each SQLite test has a migrated file of its own.
 """
 
 from __future__ import annotations
@@ -9,21 +11,58 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lionagi_qe.coordination import Job, WorkQueue
 from lionagi_qe.db.engine import create_engine
-from lionagi_qe.errors import InvalidArgumentError, LeaseLostError, SerializationError
+from lionagi_qe.errors import (
+    ClosedError,
+    InvalidArgumentError,
+    LeaseLostError,
+    PersistenceError,
+    SchemaMissingError,
+    SerializationError,
+)
+from lionagi_qe.testing.servers import create_database, drop_database
 
-pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+pytestmark = [pytest.mark.integration]
+
+DIALECTS = [
+    pytest.param("postgresql", id="postgres", marks=[pytest.mark.postgres]),
+    pytest.param("sqlite", id="sqlite"),
+]
+
+
+@pytest.fixture(params=DIALECTS)
+def database(request: pytest.FixtureRequest) -> AsyncEngine | str:
+    """The worker's PostgreSQL engine, or the URL of a migrated SQLite file of the test's own."""
+    if request.param == "postgresql":
+        pg_engine: AsyncEngine = request.getfixturevalue("aqe_engine")
+        return pg_engine
+    url: str = request.getfixturevalue("aqe_sqlite_url")
+    return url
 
 
 @pytest.fixture
-async def queue(aqe_engine: AsyncEngine) -> AsyncIterator[WorkQueue]:
-    """A queue with a unique name on the worker's database."""
-    work = WorkQueue(aqe_engine, f"test-{uuid.uuid4().hex}")
+async def engine(database: AsyncEngine | str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test's database (an SQLite engine is the test's own, disposed after)."""
+    if isinstance(database, AsyncEngine):
+        yield database
+        return
+    sqlite_engine = create_engine(database)
+    try:
+        yield sqlite_engine
+    finally:
+        await sqlite_engine.dispose()
+
+
+@pytest.fixture
+async def queue(engine: AsyncEngine) -> AsyncIterator[WorkQueue]:
+    """A queue with a unique name on the test's database."""
+    work = WorkQueue(engine, f"test-{uuid.uuid4().hex}")
     try:
         yield work
     finally:
@@ -72,10 +111,8 @@ async def test_dedupe_while_live_then_new_after_completion(queue: WorkQueue) -> 
     assert stats["done"] == 1 and stats["active"] == 1 and stats["queued"] == 1
 
 
-async def test_concurrent_consumers_process_every_job_exactly_once(
-    aqe_engine: AsyncEngine,
-) -> None:
-    queue = WorkQueue(aqe_engine, f"test-{uuid.uuid4().hex}")
+async def test_concurrent_consumers_process_every_job_exactly_once(engine: AsyncEngine) -> None:
+    queue = WorkQueue(engine, f"test-{uuid.uuid4().hex}")
     expected = {await queue.enqueue({"i": i}) for i in range(200)}
     processed: list[str] = []
     holding: set[str] = set()
@@ -184,8 +221,8 @@ async def test_stats_counts_every_state(queue: WorkQueue) -> None:
     assert await queue.stats() == {"queued": 1, "active": 1, "done": 1, "failed": 0, "dead": 1}
 
 
-async def test_purge_removes_only_finished(queue: WorkQueue, aqe_engine: AsyncEngine) -> None:
-    other = WorkQueue(aqe_engine, f"test-{uuid.uuid4().hex}")
+async def test_purge_removes_only_finished(queue: WorkQueue, engine: AsyncEngine) -> None:
+    other = WorkQueue(engine, f"test-{uuid.uuid4().hex}")
     await other.enqueue("x")
     await other.complete(await _claim(other))
     for i in range(4):
@@ -197,6 +234,29 @@ async def test_purge_removes_only_finished(queue: WorkQueue, aqe_engine: AsyncEn
     assert await queue.purge() == 2
     assert await queue.stats() == {"queued": 1, "active": 1, "done": 0, "failed": 0, "dead": 0}
     assert (await other.stats())["done"] == 1  # another queue's jobs are untouched
+
+
+async def test_clear_removes_every_job_of_the_queue_only(
+    queue: WorkQueue, engine: AsyncEngine
+) -> None:
+    other = WorkQueue(engine, f"test-{uuid.uuid4().hex}")
+    await other.enqueue("kept")
+    for i in range(3):
+        await queue.enqueue(i, max_attempts=1)
+    held = await _claim(queue)
+    await queue.complete(await _claim(queue))
+    assert await queue.clear() == 3
+    assert await queue.stats() == dict.fromkeys(("queued", "active", "done", "failed", "dead"), 0)
+    with pytest.raises(LeaseLostError):
+        await queue.complete(held)
+    assert (await other.stats())["queued"] == 1
+    assert await other.clear() == 1
+
+
+async def test_fifo_within_a_priority_for_a_burst(queue: WorkQueue) -> None:
+    """Jobs enqueued back to back (SQLite's clock has millisecond steps) keep their order."""
+    ids = [await queue.enqueue(i) for i in range(40)]
+    assert [(await _claim(queue)).id for _ in ids] == ids
 
 
 async def test_bad_input_raises_before_io() -> None:
@@ -227,13 +287,72 @@ async def test_complete_with_bad_result_raises_and_keeps_the_job(queue: WorkQueu
     await queue.complete(job, {"ok": True})
 
 
-async def test_sqlite_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
-    with pytest.raises(InvalidArgumentError):
-        WorkQueue(url, "q")
-    engine = create_engine(url)
+async def test_sqlite_claims_are_exactly_once_across_engines(aqe_sqlite_url: str) -> None:
+    """Two engines on one SQLite file (as two processes would be): each job is claimed once."""
+    engines = [create_engine(aqe_sqlite_url) for _ in range(2)]
+    name = f"test-{uuid.uuid4().hex}"
+    queues = [WorkQueue(engine, name) for engine in engines]
     try:
-        with pytest.raises(InvalidArgumentError):
-            WorkQueue(engine, "q")
+        expected = {await queues[0].enqueue(i) for i in range(60)}
+        claimed: list[str] = []
+
+        async def consumer(queue: WorkQueue, label: str) -> None:
+            while (job := await queue.claim(label)) is not None:
+                claimed.append(job.id)
+                await queue.complete(job)
+
+        await asyncio.gather(
+            *(consumer(queues[n % 2], f"consumer-{n}") for n in range(4)),
+        )
+        assert sorted(claimed) == sorted(expected)
+        assert (await queues[1].stats())["done"] == 60
     finally:
-        await engine.dispose()
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_sqlite_url_queue_owns_its_engine(aqe_sqlite_url: str) -> None:
+    queue = WorkQueue(aqe_sqlite_url, "q")
+    try:
+        assert repr(queue) == "<WorkQueue 'q' on sqlite>"
+        job_id = await queue.enqueue({"hello": "world"}, dedupe_key="once")
+        assert await queue.enqueue({"hello": "again"}, dedupe_key="once") == job_id
+        job = await _claim(queue)
+        assert job.payload == {"hello": "world"}
+        assert job.lease_expires_at is not None and job.lease_expires_at.tzinfo is not None
+        await queue.complete(job, {"ok": True})
+        assert (await queue.stats())["done"] == 1
+    finally:
+        await queue.close()
+    with pytest.raises(ClosedError):
+        await queue.stats()
+
+
+async def test_sqlite_without_the_schema_names_the_upgrade(tmp_path: Path) -> None:
+    queue = WorkQueue(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}", "q")
+    try:
+        with pytest.raises(SchemaMissingError, match="lionagi-qe db upgrade"):
+            await queue.enqueue("x")
+    finally:
+        await queue.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_without_the_schema_names_the_upgrade(aqe_postgres_server: Any) -> None:
+    """PostgreSQL never migrates by itself: a missing table says what to run."""
+    name = f"aqe_test_queue_{uuid.uuid4().hex[:8]}"
+    url = create_database(aqe_postgres_server.url, name)
+    queue = WorkQueue(url, "q")
+    try:
+        with pytest.raises(SchemaMissingError, match="lionagi-qe db upgrade"):
+            await queue.stats()
+    finally:
+        await queue.close()
+        drop_database(aqe_postgres_server.url, name)
+
+
+async def test_unsupported_database_is_refused() -> None:
+    with pytest.raises(PersistenceError):
+        WorkQueue("mysql://nobody@127.0.0.1:1/none", "q")
+    with pytest.raises(InvalidArgumentError):
+        WorkQueue(42, "q")  # type: ignore[arg-type]
