@@ -36,6 +36,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 from lionagi_qe.db.translate import translate
+from lionagi_qe.errors import BackendUnavailableError
 
 __all__ = ["DirectResult", "DirectRunner", "supports_direct"]
 
@@ -134,6 +135,8 @@ class DirectRunner:
 
     #: How long the kept connection may sit unused, or be held at all, before it goes back.
     STICKY_SECONDS = 5.0
+    #: Closed pooled connections skipped in a row before giving up.
+    MAX_DEAD_CONNECTIONS = 64
 
     def __init__(self, engine: AsyncEngine) -> None:
         if not supports_direct(engine):
@@ -165,12 +168,19 @@ class DirectRunner:
                 kept.invalidate()
             else:
                 kept.close()
-        try:
-            fairy = await self._engine.raw_connection()
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            raise translate(exc) from exc
-        self._kept_since = time.monotonic()
-        return fairy
+        # A pooled connection the server closed while it sat idle (a restart, an idle
+        # timeout, pg_terminate_backend) is known closed before anything is sent on it:
+        # replace it, so the statement is sent exactly once, on a live connection.
+        for _ in range(self.MAX_DEAD_CONNECTIONS):
+            try:
+                fairy = await self._engine.raw_connection()
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                raise translate(exc) from exc
+            if not fairy.driver_connection.is_closed():  # type: ignore[union-attr]
+                self._kept_since = time.monotonic()
+                return fairy
+            fairy.invalidate()
+        raise BackendUnavailableError("database unavailable: every pooled connection was closed")
 
     def _release(self, fairy: PoolProxiedConnection) -> None:
         if self._kept is None:

@@ -63,7 +63,7 @@ def translate(exc: BaseException) -> PersistenceError:
         return BackendUnavailableError(f"database unavailable (SQLSTATE {code}): {summary}")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return BackendUnavailableError(f"database connection lost: {summary}")
-    if isinstance(exc, DBAPIError | SQLAlchemyError):
+    if isinstance(exc, DBAPIError | SQLAlchemyError) or code is not None:
         suffix = f" (SQLSTATE {code})" if code else ""
         return PersistenceError(f"database error{suffix}: {summary}")
     return PersistenceError(f"database error: {type(exc).__name__}")
