@@ -177,8 +177,12 @@ class PostgresMemory(MemoryBase):
         self._check_open()
         if not self._ready:
             await self._initialize()
-        if self._direct is not None and not atomic and not self._direct.observed():
-            yield MemoryRepository(self._direct, self.dialect)
+        if self._direct is not None and not self._direct.observed():
+            if atomic:
+                async with self._direct.transaction() as bound:
+                    yield MemoryRepository(bound, self.dialect)
+            else:
+                yield MemoryRepository(self._direct, self.dialect)
             return
         try:
             if self._autocommit is not None and self._engine is not None:
@@ -464,11 +468,12 @@ class PostgresMemory(MemoryBase):
         ttl: float | None = None,
         partition: str = "default",
     ) -> int:
-        """Store every item in one statement (PostgreSQL) or one transaction; all or nothing."""
+        """Store every item in one transaction, all or nothing (PostgreSQL: one statement per
+        2,000 entries; encoding yields to the event loop every 256 values)."""
         self._check_open()
-        batch = self._items(items)
         seconds = self._ttl(ttl)
         label = self._partition(partition)
+        batch = await self._items_yielding(items)
         if not batch:
             return 0
         rows = [StoreRow(item.key, item.value_json, item.size_bytes) for item in batch]

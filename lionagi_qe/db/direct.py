@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,9 +37,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 from lionagi_qe.db.translate import translate
-from lionagi_qe.errors import BackendUnavailableError
+from lionagi_qe.errors import BackendUnavailableError, PersistenceError
 
-__all__ = ["DirectResult", "DirectRunner", "supports_direct"]
+__all__ = ["BoundRunner", "DirectResult", "DirectRunner", "supports_direct"]
 
 
 def supports_direct(engine: AsyncEngine) -> bool:
@@ -213,30 +214,78 @@ class DirectRunner:
         """Run one statement in autocommit on a pooled connection."""
         compiled = self._compiled_for(statement)
         arguments = compiled.arguments(params)
+        async with self._connection() as connection:
+            return await _run(connection, compiled, arguments)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[BoundRunner]:
+        """Statements run through the yielded runner share one connection and one
+        transaction, committed when the block ends and rolled back if it raises."""
+        async with self._connection() as connection:
+            try:
+                async with connection.transaction():
+                    yield BoundRunner(self, connection)
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                raise translate(exc) from exc
+            except PersistenceError:
+                raise
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) is None and not _is_disconnect(exc):
+                    raise
+                raise translate(exc) from exc
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
         fairy = await self._acquire()
-        healthy = False
         connection: Any = fairy.driver_connection
+        healthy = False
         try:
-            if compiled.returns_rows:
-                rows = await connection.fetch(compiled.sql, *arguments)
-                result = DirectResult(rows, len(rows))
-            else:
-                status = await connection.execute(compiled.sql, *arguments)
-                result = DirectResult((), _rowcount(status))
+            yield connection
             healthy = True
-            return result
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
             # A server-side error (constraint, bad value) leaves the connection usable.
-            healthy = not _is_disconnect(exc) and not connection.is_closed()
-            raise translate(exc) from exc
+            cause = exc.__cause__ if isinstance(exc, PersistenceError) else exc
+            healthy = not (isinstance(cause, Exception) and _is_disconnect(cause))
+            healthy = healthy and not connection.is_closed()
+            raise
         finally:
-            if healthy:
+            if healthy and not connection.is_in_transaction():
                 self._release(fairy)
             else:
                 # Cancelled or broken mid-statement: its protocol state is unknown.
                 fairy.invalidate()
+
+
+class BoundRunner:
+    """Runs statements on one connection inside :meth:`DirectRunner.transaction`."""
+
+    __slots__ = ("_connection", "_runner")
+
+    def __init__(self, runner: DirectRunner, connection: Any) -> None:
+        self._runner = runner
+        self._connection = connection
+
+    async def execute(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> DirectResult:
+        """Run one statement in the transaction."""
+        compiled = self._runner._compiled_for(statement)
+        return await _run(self._connection, compiled, compiled.arguments(params))
+
+
+async def _run(connection: Any, compiled: _Compiled, arguments: list[Any]) -> DirectResult:
+    try:
+        if compiled.returns_rows:
+            rows = await connection.fetch(compiled.sql, *arguments)
+            return DirectResult(rows, len(rows))
+        status = await connection.execute(compiled.sql, *arguments)
+        return DirectResult((), _rowcount(status))
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        raise translate(exc) from exc
 
 
 def _is_disconnect(exc: Exception) -> bool:

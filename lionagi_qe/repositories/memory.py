@@ -38,11 +38,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
-from lionagi_qe.db.direct import DirectRunner
+from lionagi_qe.db.direct import BoundRunner, DirectRunner
 from lionagi_qe.db.sql import is_live, json_param, seconds_from_now, seconds_until, server_now
 from lionagi_qe.models.memory import MemoryEntry, Partition
 
 __all__ = ["EntryRow", "MemoryRepository", "StoreRow", "UpsertRow"]
+
+#: Rows per statement of ``store_many`` on PostgreSQL (all of them in one transaction).
+STORE_MANY_CHUNK = 2000
 
 _t: Table = MemoryEntry.__table__  # type: ignore[assignment]
 _p: Table = Partition.__table__  # type: ignore[assignment]
@@ -442,7 +445,9 @@ class MemoryRepository:
     """Memory-table SQL over an :class:`AsyncSession`, an :class:`AsyncConnection` or a
     :class:`~lionagi_qe.db.direct.DirectRunner` (autocommit statements on the driver)."""
 
-    def __init__(self, bind: AsyncSession | AsyncConnection | DirectRunner, dialect: str) -> None:
+    def __init__(
+        self, bind: AsyncSession | AsyncConnection | DirectRunner | BoundRunner, dialect: str
+    ) -> None:
         self._bind = bind
         self._sql = statements(dialect)
         self.dialect = dialect
@@ -573,16 +578,20 @@ class MemoryRepository:
     ) -> None:
         """Upsert many rows (keys unique) in one statement (PostgreSQL) or one transaction."""
         if self.dialect == "postgresql":
-            await self._execute(
-                _PG_STORE_MANY,
-                {
-                    "keys": [row.key for row in rows],
-                    "values": [row.value_json for row in rows],
-                    "sizes": [row.size_bytes for row in rows],
-                    "partition": partition,
-                    "ttl": ttl,
-                },
-            )
+            # Statements of STORE_MANY_CHUNK rows: the driver encodes each one in a single
+            # synchronous block, so the chunk size bounds the event-loop stall.
+            for start in range(0, len(rows), STORE_MANY_CHUNK):
+                chunk = rows[start : start + STORE_MANY_CHUNK]
+                await self._execute(
+                    _PG_STORE_MANY,
+                    {
+                        "keys": [row.key for row in chunk],
+                        "values": [row.value_json for row in chunk],
+                        "sizes": [row.size_bytes for row in chunk],
+                        "partition": partition,
+                        "ttl": ttl,
+                    },
+                )
             return
         statement = self._sql.upsert_many[ttl is not None]
         params = [
