@@ -6,6 +6,7 @@ nothing.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from lionagi_qe.keys import (
 __all__ = ["DEFAULT_MAX_VALUE_BYTES", "EncodedItem", "KeyRange", "MemoryBase", "StoreRequest"]
 
 DEFAULT_MAX_VALUE_BYTES = 8 * 1024 * 1024
+#: Values validated and encoded between two yields to the event loop in big batches.
+ENCODE_SLICE = 256
 #: Integers a counter can hold on every backend (Redis and SQLite are 64-bit).
 _INT64 = 2**63
 
@@ -135,6 +138,31 @@ class MemoryBase:
             item = self._item(pair[0], pair[1])
             batch.pop(item.key, None)
             batch[item.key] = item
+        return list(batch.values())
+
+    async def _items_yielding(
+        self, items: Mapping[str, Any] | Iterable[tuple[str, Any]]
+    ) -> list[EncodedItem]:
+        """:meth:`_items` for big batches: lets the event loop run between slices of
+        ``ENCODE_SLICE`` items, so encoding 10,000 values never stalls other tasks."""
+        if isinstance(items, Mapping):
+            pairs: list[Any] = list(items.items())
+        elif isinstance(items, str | bytes):
+            return self._items(items)  # raises the shape error
+        else:
+            try:
+                pairs = list(items)
+            except TypeError:
+                return self._items(items)
+        if len(pairs) <= ENCODE_SLICE:
+            return self._items(pairs)
+        batch: dict[str, EncodedItem] = {}
+        for start in range(0, len(pairs), ENCODE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for item in self._items(pairs[start : start + ENCODE_SLICE]):
+                batch.pop(item.key, None)
+                batch[item.key] = item
         return list(batch.values())
 
     def _store_request(

@@ -10,27 +10,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from lionagi_qe import codec
 from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, KeyRange, MemoryBase
+from lionagi_qe.backends.coalesce import Coalescer
 from lionagi_qe.backends.protocol import DEFAULT_SCAN_BATCH, ScannedEntry, scan_batch_size
+from lionagi_qe.db.direct import DirectRunner, supports_direct
 from lionagi_qe.db.engine import create_engine
 from lionagi_qe.db.manager import Database
 from lionagi_qe.db.translate import FOREIGN_KEY_VIOLATION, SCHEMA_HINT, sqlstate_of, translate
 from lionagi_qe.entry import MemoryEntry
 from lionagi_qe.errors import (
+    BackendUnavailableError,
     KeyNotFoundError,
     PersistenceError,
     SchemaMissingError,
     SerializationError,
 )
-from lionagi_qe.repositories.memory import EntryRow, MemoryRepository, StoreRow
+from lionagi_qe.repositories.memory import EntryRow, MemoryRepository, StoreRow, UpsertRow
 
 __all__ = ["PostgresMemory"]
 
@@ -58,6 +61,8 @@ class PostgresMemory(MemoryBase):
     """
 
     backend_name = "postgresql"
+    #: Statements of one kind (reads, plain writes) in flight before further calls coalesce.
+    COALESCE_INFLIGHT = 4
 
     def __init__(
         self,
@@ -93,6 +98,19 @@ class PostgresMemory(MemoryBase):
         self._autocommit = (
             self._engine.execution_options(isolation_level="AUTOCOMMIT") if self._engine else None
         )
+        # Single statements on PostgreSQL skip AsyncConnection (see lionagi_qe.db.direct).
+        self._direct = (
+            DirectRunner(self._engine)
+            if self._engine is not None and supports_direct(self._engine)
+            else None
+        )
+        # Concurrent retrieves and plain stores coalesce into multi-row statements.
+        self._reads: Coalescer[str, str | None] | None = None
+        self._writes: Coalescer[UpsertRow, int] | None = None
+        if self._direct is not None:
+            inflight = self.COALESCE_INFLIGHT
+            self._reads = Coalescer(self._read_one, self._read_batch, max_inflight=inflight)
+            self._writes = Coalescer(self._write_one, self._write_batch, max_inflight=inflight)
         self._auto_migrate = self.dialect == "sqlite" if auto_migrate is None else auto_migrate
         self._cleanup_batch_size = cleanup_batch_size
         self._ready = False
@@ -111,6 +129,16 @@ class PostgresMemory(MemoryBase):
         if self._session is not None and isinstance(self._session.bind, AsyncConnection):
             return self._session.bind.engine
         return None
+
+    @property
+    def held_connections(self) -> int:
+        """Pooled connections this memory keeps checked out between calls.
+
+        On PostgreSQL the memory keeps the connection its last single-statement call used
+        (at most one, for at most a few seconds) so that a sequential caller pays no pool
+        checkout; :meth:`close` hands it back. 0 or 1.
+        """
+        return 0 if self._direct is None else self._direct.held
 
     @property
     def engine(self) -> AsyncEngine | None:
@@ -151,6 +179,13 @@ class PostgresMemory(MemoryBase):
         self._check_open()
         if not self._ready:
             await self._initialize()
+        if self._direct is not None and not self._direct.observed():
+            if atomic:
+                async with self._direct.transaction() as bound:
+                    yield MemoryRepository(bound, self.dialect)
+            else:
+                yield MemoryRepository(self._direct, self.dialect)
+            return
         try:
             if self._autocommit is not None and self._engine is not None:
                 if atomic or (write and self.dialect == "sqlite"):
@@ -217,6 +252,17 @@ class PostgresMemory(MemoryBase):
             key, value, ttl, partition, metadata, if_absent, expected_version
         )
         item = request.item
+        if self._writes is not None and not request.if_absent and request.expected_version is None:
+            return await self._writes.submit(
+                UpsertRow(
+                    item.key,
+                    item.value_json,
+                    request.partition,
+                    request.metadata_json,
+                    item.size_bytes,
+                    request.ttl,
+                )
+            )
 
         async def write(repo: MemoryRepository) -> int | None:
             return await repo.upsert(
@@ -239,12 +285,74 @@ class PostgresMemory(MemoryBase):
         """The live value of ``key``, validated into ``as_type`` if given; else ``default``."""
         self._check_open()
         checked = self._key(key)
-        async with self._repository() as repo:
-            value_json = await repo.get_value(checked)
+        if self._reads is not None:
+            value_json = await self._reads.submit(checked)
+        else:
+            value_json = await self._read_one(checked)
         if value_json is None:
             return default
         value = codec.decode(value_json)
         return value if as_type is None else codec.validate_as(value, as_type)
+
+    # -- coalesced calls ---------------------------------------------------------------------
+
+    async def _read_one(self, key: str) -> str | None:
+        async with self._repository() as repo:
+            return await repo.get_value(key)
+
+    async def _read_batch(self, keys: Sequence[str]) -> list[str | None]:
+        async with self._repository() as repo:
+            found = await repo.retrieve_many(list(dict.fromkeys(keys)))
+        return [found.get(key) for key in keys]
+
+    async def _write_one(self, row: UpsertRow) -> int:
+        async def write(repo: MemoryRepository) -> int | None:
+            return await repo.upsert(
+                row.key,
+                row.value_json,
+                partition=row.partition,
+                metadata_json=row.metadata_json,
+                size_bytes=row.size_bytes,
+                ttl=row.ttl,
+            )
+
+        version: int | None = await self._with_partition(row.partition, write)
+        assert version is not None  # an unconditional upsert always returns its version
+        return version
+
+    async def _write_batch(self, rows: Sequence[UpsertRow]) -> list[int | BaseException]:
+        """One statement per run of distinct keys; a failed statement falls back to one call
+        per row, so each caller gets its own result or error."""
+        outcomes: list[int | BaseException | None] = [None] * len(rows)
+        pending = list(enumerate(rows))
+        try:
+            missing = {row.partition for row in rows} - self._known_partitions
+            if missing:
+                async with self._repository(write=True) as repo:
+                    for partition in sorted(missing):
+                        await self._ensure_partition(repo, partition)
+            while pending:
+                seen: set[str] = set()
+                chunk: list[tuple[int, UpsertRow]] = []
+                later: list[tuple[int, UpsertRow]] = []
+                for index, row in pending:
+                    (later if row.key in seen else chunk).append((index, row))
+                    seen.add(row.key)
+                async with self._repository(write=True) as repo:
+                    versions = await repo.upsert_rows([row for _, row in chunk])
+                for index, row in chunk:
+                    outcomes[index] = versions[row.key]
+                pending = later
+        except BackendUnavailableError:
+            raise
+        except PersistenceError:
+            singles = await asyncio.gather(
+                *(self._write_one(row) for _, row in pending), return_exceptions=True
+            )
+            for (index, _), outcome in zip(pending, singles, strict=True):
+                outcomes[index] = outcome
+        assert all(outcome is not None for outcome in outcomes)
+        return cast("list[int | BaseException]", outcomes)
 
     async def get_entry(self, key: str) -> MemoryEntry | None:
         """The live entry with partition, version, timestamps, expiry and metadata."""
@@ -402,11 +510,12 @@ class PostgresMemory(MemoryBase):
         ttl: float | None = None,
         partition: str = "default",
     ) -> int:
-        """Store every item in one statement (PostgreSQL) or one transaction; all or nothing."""
+        """Store every item in one transaction, all or nothing (PostgreSQL: one statement per
+        2,000 entries; encoding yields to the event loop every 256 values)."""
         self._check_open()
-        batch = self._items(items)
         seconds = self._ttl(ttl)
         label = self._partition(partition)
+        batch = await self._items_yielding(items)
         if not batch:
             return 0
         rows = [StoreRow(item.key, item.value_json, item.size_bytes) for item in batch]
@@ -499,6 +608,11 @@ class PostgresMemory(MemoryBase):
         if self._closed:
             return
         self._closed = True
+        for coalescer in (self._reads, self._writes):
+            if coalescer is not None:
+                await coalescer.drain()
+        if self._direct is not None:
+            self._direct.release()
         engine, self._owned_engine = self._owned_engine, None
         if engine is not None:
             await engine.dispose()

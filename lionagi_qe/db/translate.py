@@ -44,8 +44,13 @@ def sqlstate_of(exc: BaseException) -> str | None:
     return None
 
 
-def translate(exc: BaseException) -> PersistenceError:
-    """Return the lionagi_qe error for a driver, pool or network error."""
+def translate(exc: BaseException, *, server_message: bool = False) -> PersistenceError:
+    """Return the lionagi_qe error for a driver, pool or network error.
+
+    The text of an error SQLAlchemy did not wrap is shown only when ``server_message`` says it
+    is the server's own message (an asyncpg ``PostgresError`` raised on the direct path, the
+    same text SQLAlchemy would have wrapped); other bare errors are named by type alone.
+    """
     if isinstance(exc, PersistenceError):
         return exc
     if isinstance(exc, PoolTimeoutError):
@@ -63,7 +68,7 @@ def translate(exc: BaseException) -> PersistenceError:
         return BackendUnavailableError(f"database unavailable (SQLSTATE {code}): {summary}")
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return BackendUnavailableError(f"database connection lost: {summary}")
-    if isinstance(exc, DBAPIError | SQLAlchemyError):
+    if isinstance(exc, DBAPIError | SQLAlchemyError) or server_message:
         suffix = f" (SQLSTATE {code})" if code else ""
         return PersistenceError(f"database error{suffix}: {summary}")
     return PersistenceError(f"database error: {type(exc).__name__}")

@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 
@@ -134,8 +135,11 @@ class _Statements:
                     stmt = stmt.where(c.agent_type == _param("agent_type", Text()))
                 if by_status:
                     stmt = stmt.where(c.status == _param("status", Text()))
+                # SQLite's clock has millisecond steps: sessions started within one tie, and
+                # its rowid (insertion order) breaks the tie so "newest first" holds.
+                tie = text("sessions.rowid DESC") if dialect == "sqlite" else c.session_id
                 self.list_sessions[by_agent, by_status] = stmt.order_by(
-                    c.started_at.desc(), c.session_id
+                    c.started_at.desc(), tie
                 ).limit(_param("limit", Integer()))
 
     def _trajectories(self) -> None:

@@ -38,10 +38,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeEngine
 
+from lionagi_qe.db.direct import BoundRunner, DirectRunner
 from lionagi_qe.db.sql import is_live, json_param, seconds_from_now, seconds_until, server_now
 from lionagi_qe.models.memory import MemoryEntry, Partition
 
-__all__ = ["EntryRow", "MemoryRepository", "StoreRow"]
+__all__ = ["EntryRow", "MemoryRepository", "StoreRow", "UpsertRow"]
+
+#: Rows per statement of ``store_many`` on PostgreSQL (all of them in one transaction).
+STORE_MANY_CHUNK = 2000
 
 _t: Table = MemoryEntry.__table__  # type: ignore[assignment]
 _p: Table = Partition.__table__  # type: ignore[assignment]
@@ -405,22 +409,69 @@ _PG_STORE_MANY = text(
 )
 
 
-class MemoryRepository:
-    """Memory-table SQL over an :class:`AsyncSession` or :class:`AsyncConnection`."""
+_PG_UPSERT_ROWS = text(
+    """
+    INSERT INTO qe_memory AS m (key, value, partition, metadata, version, size_bytes,
+                                created_at, updated_at, expires_at)
+    SELECT k, CAST(v AS JSON), p, CAST(md AS JSON), 1, s,
+           statement_timestamp(), statement_timestamp(),
+           CASE WHEN t IS NULL THEN NULL
+                ELSE statement_timestamp() + make_interval(secs => t) END
+    FROM unnest(CAST(:keys AS TEXT[]), CAST(:values AS TEXT[]), CAST(:partitions AS TEXT[]),
+                CAST(:metadata AS TEXT[]), CAST(:sizes AS INTEGER[]),
+                CAST(:ttls AS DOUBLE PRECISION[]))
+         AS batch(k, v, p, md, s, t)
+    ON CONFLICT (key) DO UPDATE SET
+        value = excluded.value,
+        partition = excluded.partition,
+        metadata = excluded.metadata,
+        size_bytes = excluded.size_bytes,
+        version = CASE WHEN m.expires_at IS NOT NULL AND m.expires_at <= statement_timestamp()
+                       THEN 1 ELSE m.version + 1 END,
+        created_at = CASE WHEN m.expires_at IS NOT NULL AND m.expires_at <= statement_timestamp()
+                          THEN excluded.created_at ELSE m.created_at END,
+        updated_at = excluded.updated_at,
+        expires_at = excluded.expires_at
+    RETURNING m.key, m.version
+    """
+).bindparams(
+    bindparam("keys", type_=ARRAY(Text())),
+    bindparam("values", type_=ARRAY(Text())),
+    bindparam("partitions", type_=ARRAY(Text())),
+    bindparam("metadata", type_=ARRAY(Text())),
+    bindparam("sizes", type_=ARRAY(Integer())),
+    bindparam("ttls", type_=ARRAY(Double())),
+)
 
-    def __init__(self, bind: AsyncSession | AsyncConnection, dialect: str) -> None:
+
+@dataclass(frozen=True, slots=True)
+class UpsertRow:
+    """One unconditional ``store`` of a coalesced batch."""
+
+    key: str
+    value_json: str
+    partition: str
+    metadata_json: str
+    size_bytes: int
+    ttl: float | None
+
+
+class MemoryRepository:
+    """Memory-table SQL over an :class:`AsyncSession`, an :class:`AsyncConnection` or a
+    :class:`~lionagi_qe.db.direct.DirectRunner` (autocommit statements on the driver)."""
+
+    def __init__(
+        self, bind: AsyncSession | AsyncConnection | DirectRunner | BoundRunner, dialect: str
+    ) -> None:
         self._bind = bind
         self._sql = statements(dialect)
         self.dialect = dialect
 
-    async def _connection(self) -> AsyncConnection:
-        if isinstance(self._bind, AsyncSession):
-            return await self._bind.connection()
-        return self._bind
-
     async def _execute(self, statement: Executable, params: Any = None) -> Any:
-        conn = await self._connection()
-        return await conn.execute(statement, params)
+        if isinstance(self._bind, AsyncSession):
+            conn = await self._bind.connection()
+            return await conn.execute(statement, params)
+        return await self._bind.execute(statement, params)
 
     async def ensure_partition(self, partition: str) -> None:
         """Create the partition label if it does not exist yet."""
@@ -554,16 +605,20 @@ class MemoryRepository:
     ) -> None:
         """Upsert many rows (keys unique) in one statement (PostgreSQL) or one transaction."""
         if self.dialect == "postgresql":
-            await self._execute(
-                _PG_STORE_MANY,
-                {
-                    "keys": [row.key for row in rows],
-                    "values": [row.value_json for row in rows],
-                    "sizes": [row.size_bytes for row in rows],
-                    "partition": partition,
-                    "ttl": ttl,
-                },
-            )
+            # Statements of STORE_MANY_CHUNK rows: the driver encodes each one in a single
+            # synchronous block, so the chunk size bounds the event-loop stall.
+            for start in range(0, len(rows), STORE_MANY_CHUNK):
+                chunk = rows[start : start + STORE_MANY_CHUNK]
+                await self._execute(
+                    _PG_STORE_MANY,
+                    {
+                        "keys": [row.key for row in chunk],
+                        "values": [row.value_json for row in chunk],
+                        "sizes": [row.size_bytes for row in chunk],
+                        "partition": partition,
+                        "ttl": ttl,
+                    },
+                )
             return
         statement = self._sql.upsert_many[ttl is not None]
         params = [
@@ -578,6 +633,21 @@ class MemoryRepository:
             for row in rows
         ]
         await self._execute(statement, params)
+
+    async def upsert_rows(self, rows: Sequence[UpsertRow]) -> dict[str, int]:
+        """Unconditional upserts of distinct keys in one statement (PostgreSQL); new versions."""
+        result = await self._execute(
+            _PG_UPSERT_ROWS,
+            {
+                "keys": [row.key for row in rows],
+                "values": [row.value_json for row in rows],
+                "partitions": [row.partition for row in rows],
+                "metadata": [row.metadata_json for row in rows],
+                "sizes": [row.size_bytes for row in rows],
+                "ttls": [row.ttl for row in rows],
+            },
+        )
+        return {row[0]: int(row[1]) for row in result}
 
     async def increment(
         self, key: str, delta: int | float, *, ttl: float | None, initial_json: str, size_bytes: int

@@ -253,6 +253,23 @@ async def test_list_sessions_newest_first(manager: DatabaseManager) -> None:
     assert len(await manager.list_sessions(limit=2)) == 2
 
 
+async def test_sessions_started_in_one_clock_step_list_newest_first(
+    manager: DatabaseManager,
+) -> None:
+    if manager.dialect != "sqlite":
+        pytest.skip("only SQLite's clock has millisecond steps")
+    ids = [await manager.start_session(AGENT, f"tie{i}") for i in range(5)]
+    async with manager.engine.begin() as conn:  # all five in one clock step
+        await conn.execute(
+            text(
+                "UPDATE sessions SET started_at = '2026-01-01 00:00:00.000' "
+                "WHERE session_name LIKE 'tie%'"
+            )
+        )
+    listed = [s["session_id"] for s in await manager.list_sessions(AGENT, limit=100_000)]
+    assert [i for i in listed if i in ids] == ids[::-1]
+
+
 # --- patterns ---------------------------------------------------------------------------------
 
 

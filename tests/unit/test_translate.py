@@ -239,3 +239,11 @@ def test_sqlite_errors_raised_by_the_module_itself() -> None:
         connection.execute("SELECT 1")
     assert sqlstate_of(info.value) is None
     assert type(translate(wrapped(info.value))) is PersistenceError
+
+
+def test_a_bare_server_error_keeps_its_text_when_marked_as_the_servers() -> None:
+    orig = FakeDriverError("poisoned key aqe/x", "P0001")
+    assert "poisoned key" not in str(translate(orig))
+    shown = translate(orig, server_message=True)
+    assert type(shown) is PersistenceError
+    assert str(shown) == "database error (SQLSTATE P0001): poisoned key aqe/x"

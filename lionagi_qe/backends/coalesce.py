@@ -1,0 +1,108 @@
+"""Coalescing of concurrent calls into batches, each call keeping its own result and error.
+
+While few calls are in flight each one runs alone, so a sequential caller pays nothing. When
+``max_inflight`` statements are already running, new calls wait and are sent together as one
+batch as soon as a statement finishes: under 50 concurrent tasks, a handful of multi-row
+statements replace fifty one-row ones, and the per-statement cost (driver, round trip, server
+parse/plan) is paid once per batch.
+
+A batch returns one outcome per request, a result or an exception; an exception raised by the
+batch as a whole is handed to each of its callers. A caller that is cancelled while waiting is
+dropped from its batch if the batch has not started; once started, the batch runs to completion
+for the others and the cancelled caller's outcome is discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["Coalescer"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Coalescer(Generic[R, T]):
+    """Run ``run_one(request)`` alone, or ``run_batch(requests)`` for requests that waited."""
+
+    def __init__(
+        self,
+        run_one: Callable[[R], Awaitable[T]],
+        run_batch: Callable[[Sequence[R]], Awaitable[Sequence[T | BaseException]]],
+        *,
+        max_inflight: int,
+        max_batch: int = 500,
+    ) -> None:
+        if max_inflight < 1 or max_batch < 1:
+            raise ValueError("max_inflight and max_batch must be at least 1")
+        self._run_one = run_one
+        self._run_batch = run_batch
+        self._max_inflight = max_inflight
+        self._max_batch = max_batch
+        self._inflight = 0
+        self._waiting: list[tuple[R, asyncio.Future[T]]] = []
+        self._batches: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: R) -> T:
+        """Run ``request`` now if there is room, else in the next batch; return its result."""
+        if self._inflight < self._max_inflight and not self._waiting:
+            self._inflight += 1
+            try:
+                return await self._run_one(request)
+            finally:
+                self._inflight -= 1
+                self._start_batches()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future))
+        self._start_batches()
+        return await future
+
+    def _start_batches(self) -> None:
+        while self._waiting and self._inflight < self._max_inflight:
+            taken = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            batch = [(request, future) for request, future in taken if not future.done()]
+            if not batch:
+                continue
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _run(self, batch: list[tuple[R, asyncio.Future[T]]]) -> None:
+        outcomes: Sequence[T | BaseException]
+        try:
+            if len(batch) == 1:
+                outcomes = [await self._run_one(batch[0][0])]
+            else:
+                outcomes = await self._run_batch([request for request, _ in batch])
+        except BaseException as exc:  # handed to every caller of the batch
+            outcomes = [exc] * len(batch)
+            if not isinstance(exc, Exception):
+                self._settle(batch, outcomes)
+                raise
+        finally:
+            self._inflight -= 1
+        self._settle(batch, outcomes)
+        self._start_batches()
+
+    @staticmethod
+    def _settle(
+        batch: list[tuple[R, asyncio.Future[T]]], outcomes: Sequence[T | BaseException]
+    ) -> None:
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, asyncio.CancelledError):
+                future.cancel()
+            elif isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    async def drain(self) -> None:
+        """Wait for the batches under way (on close)."""
+        while self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
