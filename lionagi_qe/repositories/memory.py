@@ -20,6 +20,7 @@ from sqlalchemy import (
     Double,
     Executable,
     Integer,
+    LargeBinary,
     Table,
     Text,
     and_,
@@ -264,6 +265,15 @@ class _Statements:
         if dialect == "postgresql":
             victims = victims.with_for_update(skip_locked=True)
         self.cleanup_batch = delete(_t).where(_c.key.in_(victims.scalar_subquery()))
+        self.set_counter_text = (
+            update(_t)
+            .where(by_key)
+            .values(
+                value=json_param(bindparam("b_value", type_=Text())),
+                size_bytes=func.length(cast(_c.key, LargeBinary()))
+                + func.length(cast(bindparam("b_value", type_=Text()), LargeBinary())),
+            )
+        )
         self.increment = {is_int: _increment_statement(dialect, is_int) for is_int in (False, True)}
         self.increment_ttl = {
             is_int: _increment_statement(dialect, is_int, with_ttl=True) for is_int in (False, True)
@@ -284,9 +294,16 @@ def _increment_statement(dialect: str, delta_is_int: bool, *, with_ttl: bool = F
         as_float = (
             "(CAST(qe_memory.value::text AS DOUBLE PRECISION) + CAST(:delta AS DOUBLE PRECISION))"
         )
+        # Python's repr of the sum: float8 text has the same shortest digits, but PostgreSQL
+        # writes exponents from 1e15 where Python does from 1e16, and no ".0" on integers.
+        plain = f"CAST(CAST({as_float}::text AS NUMERIC) AS TEXT)"
         render_float = (
-            f"CASE WHEN {as_float} = trunc({as_float}) AND abs({as_float}) < 1e16 "
-            f"THEN CAST({as_float}::text || '.0' AS JSON) ELSE to_json({as_float}) END"
+            f"CASE WHEN {as_float} = trunc({as_float}) AND abs({as_float}) < 1e15 "
+            f"THEN CAST({as_float}::text || '.0' AS JSON) "
+            f"WHEN abs({as_float}) >= 1e15 AND abs({as_float}) < 1e16 "
+            f"THEN CAST({plain} || CASE WHEN strpos({plain}, '.') = 0 THEN '.0' ELSE '' END "
+            "AS JSON) "
+            f"ELSE to_json({as_float}) END"
         )
         if delta_is_int:
             added = (
@@ -667,7 +684,25 @@ class MemoryRepository:
             statement = self._sql.increment[is_int]
         result = await self._execute(statement, params)
         row = result.first()
-        return None if row is None else (row[0], int(row[1]))
+        if row is None:
+            return None
+        text_value, version = str(row[0]), int(row[1])
+        if self.dialect == "sqlite":
+            text_value = await self._canonical_float(key, text_value)
+        return text_value, version
+
+    async def _canonical_float(self, key: str, text_value: str) -> str:
+        """SQLite renders a float sum with 17 digits (``0.59999999999999998``); store Python's
+        shortest form instead (``0.6``), as the other backends do. Runs in the increment's own
+        transaction: SQLite holds the write lock from the first write, so no one sees between."""
+        try:
+            int(text_value)
+            return text_value
+        except ValueError:
+            canonical = repr(float(text_value))
+        if canonical != text_value:
+            await self._execute(self._sql.set_counter_text, {"b_key": key, "b_value": canonical})
+        return canonical
 
     async def clear_partition(self, partition: str, lower: str, upper: str) -> int:
         """Delete every entry of ``partition`` in the key range; return how many were live."""
