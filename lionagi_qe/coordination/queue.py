@@ -52,12 +52,13 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ColumnElement, Executable
 
 from lionagi_qe.codec import encode
 from lionagi_qe.db.engine import create_engine, normalize_url
@@ -73,6 +74,10 @@ logger = logging.getLogger(__name__)
 
 _t: Table = QueueJob.__table__  # type: ignore[assignment]
 _c = _t.c
+_QUEUED: ColumnElement[str] = literal_column("'queued'")
+_ACTIVE: ColumnElement[str] = literal_column("'active'")
+_DONE: ColumnElement[str] = literal_column("'done'")
+_DEAD: ColumnElement[str] = literal_column("'dead'")
 
 #: Rows deleted per statement by :meth:`WorkQueue.purge`.
 PURGE_BATCH = 1000
@@ -165,23 +170,44 @@ class _Statements:
             set_={"dedupe_key": new_job.excluded.dedupe_key},
         ).returning(_c.id)
 
-        lapsed = and_(_c.state == "active", _c.lease_expires_at <= server_now())
+        # States are SQL literals where a partial index has to match them: a bound parameter
+        # would hide the predicate from a prepared statement's generic plan.
+        lapsed = and_(_c.state == _ACTIVE, _c.lease_expires_at <= server_now())
         order = [_c.priority.desc(), _c.available_at, _c.created_at]
         if not on_postgres:
             # SQLite's clock has millisecond resolution: jobs enqueued in the same millisecond
             # keep their insertion order by rowid (the implicit last column of every index).
             order.append(literal_column("queue_jobs.rowid"))
-        next_id = (
-            select(_c.id)
-            .where(
-                _c.queue == bindparam("b_queue"),
-                or_(and_(_c.state == "queued", _c.available_at <= server_now()), lapsed),
-            )
-            .order_by(*order)
-            .limit(1)
-        )
+        ready = and_(_c.state == _QUEUED, _c.available_at <= server_now())
+        next_id: Any
         if on_postgres:
-            next_id = next_id.with_for_update(skip_locked=True)
+            # One candidate from each index, each locked with SKIP LOCKED, then the better of
+            # the two: an OR of both conditions defeats the claim index (a scan and sort of
+            # every queued job, linear in the queue's length).
+            def candidate(condition: Any, name: str) -> Any:
+                return (
+                    select(_c.id, _c.priority, _c.available_at, _c.created_at)
+                    .where(_c.queue == bindparam("b_queue"), condition)
+                    .order_by(*order)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                    .cte(name)
+                )
+
+            ready_job, lapsed_job = candidate(ready, "ready_job"), candidate(lapsed, "lapsed_job")
+            both = union_all(select(ready_job), select(lapsed_job)).subquery("candidates")
+            next_id = (
+                select(both.c.id)
+                .order_by(both.c.priority.desc(), both.c.available_at, both.c.created_at)
+                .limit(1)
+            )
+        else:
+            next_id = (
+                select(_c.id)
+                .where(_c.queue == bindparam("b_queue"), or_(ready, lapsed))
+                .order_by(*order)
+                .limit(1)
+            )
         # A lapsed job that has used every attempt dies here instead of being handed out again.
         exhausted = and_(_c.state == "active", _c.attempts >= _c.max_attempts)
         self.claim: Executable = (
@@ -248,7 +274,7 @@ class _Statements:
             select(_c.id)
             .where(
                 _c.queue == bindparam("b_queue"),
-                _c.state.in_(("done", "dead")),
+                _c.state.in_((_DONE, _DEAD)),
                 _c.finished_at <= _seconds("age"),
             )
             .limit(PURGE_BATCH)

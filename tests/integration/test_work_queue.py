@@ -356,3 +356,76 @@ async def test_unsupported_database_is_refused() -> None:
         WorkQueue("mysql://nobody@127.0.0.1:1/none", "q")
     with pytest.raises(InvalidArgumentError):
         WorkQueue(42, "q")  # type: ignore[arg-type]
+
+
+@pytest.mark.postgres
+async def test_claim_reads_a_handful_of_rows_however_long_the_queue(
+    aqe_engine: AsyncEngine,
+) -> None:
+    """The claim's plan, generic plan included (prepared statements switch to it), reads a few
+    index entries, not every queued job: 20,000 queued and 20,000 finished jobs here."""
+    import json
+
+    from sqlalchemy import text
+
+    from lionagi_qe.coordination.queue import _statements
+
+    name = f"plan-{uuid.uuid4().hex[:8]}"
+    async with aqe_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO queue_jobs (id, queue, payload, state, finished_at) "
+                "SELECT gen_random_uuid(), :q, '{}'::jsonb, "
+                "CASE WHEN g % 2 = 0 THEN 'done' ELSE 'queued' END, "
+                "CASE WHEN g % 2 = 0 THEN now() END FROM generate_series(1, 40000) g"
+            ),
+            {"q": name},
+        )
+        await conn.execute(text("ANALYZE queue_jobs"))
+    compiled = _statements("postgresql").claim.compile(dialect=aqe_engine.dialect)
+    given = {"b_queue": name, "consumer": "planner", "lease": 30.0}
+    values = [given.get(key, compiled.params.get(key)) for key in compiled.positiontup or ()]
+
+    def literal(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, str):
+            return "'" + value.replace("'", "''") + "'"
+        return repr(value)
+
+    plans: dict[str, Any] = {}
+    try:
+        async with aqe_engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.execute(f"PREPARE claim_plan AS {compiled.string}")
+            arguments = ", ".join(literal(value) for value in values)
+            for mode in ("force_custom_plan", "force_generic_plan"):
+                await raw.execute(f"SET plan_cache_mode = {mode}")
+                try:
+                    async with raw.transaction():  # EXPLAIN ANALYZE runs the claim: undo it
+                        found = await raw.fetchval(
+                            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_plan({arguments})"
+                        )
+                        # SQLAlchemy's asyncpg setup decodes json already.
+                        plans[mode] = found if isinstance(found, list) else json.loads(found)
+                        raise _Rollback
+                except _Rollback:
+                    pass
+            await raw.execute("DEALLOCATE claim_plan")
+            await raw.execute("RESET plan_cache_mode")
+    finally:
+        async with aqe_engine.begin() as conn:
+            await conn.execute(text("DELETE FROM queue_jobs WHERE queue = :q"), {"q": name})
+
+    def rows_read(node: dict[str, Any]) -> int:
+        own = int(node.get("Actual Rows", 0)) if "Scan" in node.get("Node Type", "") else 0
+        return own + sum(rows_read(child) for child in node.get("Plans", []))
+
+    for mode, plan in plans.items():
+        assert rows_read(plan[0]["Plan"]) <= 10, (mode, json.dumps(plan, indent=1)[:3000])
+    assert set(plans) == {"force_custom_plan", "force_generic_plan"}
+
+
+class _Rollback(Exception):
+    """Raised to roll back a transaction on purpose."""
