@@ -166,7 +166,7 @@ class _Statements:
         #: id.
         self.enqueue: Executable = new_job.on_conflict_do_update(
             index_elements=[_c.queue, _c.dedupe_key],
-            index_where=text("state IN ('queued', 'active')"),
+            index_where=text("dedupe_key IS NOT NULL AND state IN ('queued', 'active')"),
             set_={"dedupe_key": new_job.excluded.dedupe_key},
         ).returning(_c.id)
 

@@ -18,7 +18,7 @@ JOB_STATES = ("queued", "active", "done", "failed", "dead")
 #: States in which a dedupe key is taken.
 LIVE_STATES = ("queued", "active")
 
-_LIVE = text("state IN ('queued', 'active')")
+_LIVE_WITH_KEY = text("dedupe_key IS NOT NULL AND state IN ('queued', 'active')")
 _QUEUED = text("state = 'queued'")
 _ACTIVE = text("state = 'active'")
 _FINISHED = text("state IN ('done', 'dead')")
@@ -50,13 +50,14 @@ class QueueJob(Base):
         CheckConstraint("state IN ('queued', 'active', 'done', 'failed', 'dead')", name="state"),
         CheckConstraint("max_attempts >= 1", name="max_attempts"),
         # A live job's dedupe key is taken; once it finishes the key may be enqueued again.
+        # Only jobs with a key are in it, so claims (state = 'queued') never match it.
         Index(
             "ix_queue_jobs_queue_dedupe_key",
             "queue",
             "dedupe_key",
             unique=True,
-            postgresql_where=_LIVE,
-            sqlite_where=_LIVE,
+            postgresql_where=_LIVE_WITH_KEY,
+            sqlite_where=_LIVE_WITH_KEY,
         ),
         # claim: the next queued job in order, however many finished jobs the table holds.
         Index(

@@ -167,9 +167,14 @@ async def test_downgrade_to_base_removes_every_table_and_upgrade_works_again(
 
 
 async def test_downgrade_one_step_then_upgrade(migrated_engine: AsyncEngine) -> None:
-    """Revisions are reversible one at a time: dropping the queue keeps learning and memory,
-    dropping the learning tables keeps memory."""
+    """Revisions are reversible one at a time: the dedupe index goes back to its first form,
+    dropping the queue keeps learning and memory, dropping the learning tables keeps memory."""
     await migrate.downgrade(migrated_engine, "-1")
+    assert await migrate.current(migrated_engine) == "0003"
+    assert await _dedupe_predicate(migrated_engine) == "live"
+    await migrate.upgrade(migrated_engine)
+    assert await _dedupe_predicate(migrated_engine) == "live with a key"
+    await migrate.downgrade(migrated_engine, "-2")
     tables = await _table_names(migrated_engine)
     assert {"qe_memory", "partitions", "agent_types"} <= tables
     assert "queue_jobs" not in tables
@@ -182,6 +187,17 @@ async def test_downgrade_one_step_then_upgrade(migrated_engine: AsyncEngine) -> 
 
     await migrate.upgrade(migrated_engine)
     assert await migrate.current(migrated_engine) == migrate.head()
+
+
+async def _dedupe_predicate(engine: AsyncEngine) -> str:
+    """Which predicate the queue's dedupe index has (0003: live jobs; 0004: live with a key)."""
+    if engine.dialect.name == "postgresql":
+        sql = "SELECT pg_get_indexdef('ix_queue_jobs_queue_dedupe_key'::regclass)"
+    else:
+        sql = "SELECT sql FROM sqlite_master WHERE name = 'ix_queue_jobs_queue_dedupe_key'"
+    async with engine.connect() as conn:
+        definition = str(await conn.scalar(text(sql)))
+    return "live with a key" if "dedupe_key IS NOT NULL" in definition else "live"
 
 
 # --- PostgreSQL specifics: names, collation ---------------------------------------------------
