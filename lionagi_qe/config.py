@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     statement_timeout: float | None = Field(
         default=None, gt=0, description="Seconds a PostgreSQL statement may run; None = server's."
     )
+    lock_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a PostgreSQL statement may wait for a lock; None = server's.",
+    )
     namespace: str = Field(default="aqe/", min_length=1)
     cache_ttl: float = Field(default=300.0, gt=0, description="Longest life of a cache entry.")
     redis_socket_timeout: float = Field(default=0.25, gt=0)

@@ -59,6 +59,7 @@ def open_memory(
         pool_timeout=config.pool_timeout,
         pool_recycle=config.pool_recycle,
         statement_timeout=config.statement_timeout,
+        lock_timeout=config.lock_timeout,
     )
     if redis_url is not None:
         return CachedMemory(

@@ -17,6 +17,17 @@ Each statement runs on its own pooled connection in autocommit mode (asyncpg run
 outside ``BEGIN`` as its own transaction). A call that is cancelled or loses its connection
 mid-statement invalidates that connection rather than returning it to the pool, so a cancelled
 call never leaks a connection or leaves one in an unknown protocol state.
+
+Connection loss (a server restart, a crash, ``pg_terminate_backend``):
+
+- *Before sending*: a connection the server closed while it sat in the pool or was kept is
+  known closed (asyncpg read the end of file) and is replaced before anything is sent, so the
+  statement goes out exactly once, on a live connection.
+- *In flight*: the server may or may not have applied the statement. The call fails with
+  :class:`~lionagi_qe.errors.BackendUnavailableError` (never a raw driver error). A write is
+  **never retried** here: whether to repeat an ambiguous write (a counter increment, an upsert
+  that bumps a version) is the caller's decision. A read (a ``SELECT``) changes nothing, so it
+  is retried once on a fresh connection; if that fails too the error is raised.
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ class _Compiled:
     defaults: tuple[Any, ...]
     processors: tuple[Callable[[Any], Any] | None, ...]
     returns_rows: bool
+    #: A plain SELECT: safe to send again after its connection died in flight.
+    retry_safe: bool
 
     def arguments(self, params: Mapping[str, Any] | None) -> list[Any]:
         given = params or {}
@@ -80,6 +93,8 @@ def _compile(statement: Executable, dialect: Dialect) -> _Compiled:
         processors=tuple(processors),
         # Textual SQL may return rows too: only DML without RETURNING is run for its status.
         returns_rows=not statement.is_dml or bool(getattr(compiled, "returning", None)),
+        # Textual SQL may write: only SELECT constructs count as reads.
+        retry_safe=bool(getattr(statement, "is_select", False)) and not statement.is_dml,
     )
 
 
@@ -211,9 +226,20 @@ class DirectRunner:
     async def execute(
         self, statement: Executable, params: Mapping[str, Any] | None = None
     ) -> DirectResult:
-        """Run one statement in autocommit on a pooled connection."""
+        """Run one statement in autocommit on a pooled connection.
+
+        If the connection dies while the statement runs, a read is sent once more on a fresh
+        connection; a write is not (its outcome is unknown: it may have been applied) and
+        fails with :class:`~lionagi_qe.errors.BackendUnavailableError`.
+        """
         compiled = self._compiled_for(statement)
         arguments = compiled.arguments(params)
+        try:
+            async with self._connection() as connection:
+                return await _run(connection, compiled, arguments)
+        except BackendUnavailableError as exc:
+            if not (compiled.retry_safe and isinstance(exc.__cause__, _LostInFlight)):
+                raise
         async with self._connection() as connection:
             return await _run(connection, compiled, arguments)
 
@@ -285,7 +311,20 @@ async def _run(connection: Any, compiled: _Compiled, arguments: list[Any]) -> Di
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
+        if connection.is_closed() and _is_disconnect(exc):
+            # Lost mid-statement (ConnectionDoesNotExistError, or an InterfaceError from a
+            # connection closed under the call): the outcome is unknown.
+            lost = _LostInFlight(f"connection lost during the statement: {type(exc).__name__}")
+            lost.__cause__ = exc
+            raise BackendUnavailableError(
+                f"database connection lost during the statement ({type(exc).__name__}); "
+                "it may or may not have been applied"
+            ) from lost
         raise translate(exc, server_message=_from_server(exc)) from exc
+
+
+class _LostInFlight(Exception):
+    """Cause of the BackendUnavailableError of a statement whose connection died in flight."""
 
 
 def _from_server(exc: BaseException) -> bool:

@@ -41,6 +41,13 @@ def normalize_url(url: str | URL) -> URL:
         raise PersistenceError(
             f"unsupported database {parsed.get_backend_name()!r}: use PostgreSQL or SQLite"
         )
+    if parsed.drivername == "postgresql+asyncpg" and "sslmode" in parsed.query:
+        # libpq spells it ``sslmode``; asyncpg takes the same modes as ``ssl`` and refuses
+        # ``sslmode`` with a bare TypeError (the TLS request would be lost).
+        mode = parsed.query["sslmode"]
+        parsed = parsed.difference_update_query(["sslmode"])
+        if "ssl" not in parsed.query:
+            parsed = parsed.update_query_dict({"ssl": mode})
     return parsed
 
 
@@ -72,12 +79,17 @@ def create_engine(
     pool_timeout: float = 30.0,
     pool_recycle: float = 1800.0,
     statement_timeout: float | None = None,
+    lock_timeout: float | None = None,
     **options: Any,
 ) -> AsyncEngine:
     """Create an :class:`AsyncEngine` for PostgreSQL (asyncpg) or SQLite (aiosqlite).
 
     Parameters and their values are hidden from error messages and logs
     (``hide_parameters``), so stored values never leak through exception text.
+    ``statement_timeout`` and ``lock_timeout`` (seconds) become the PostgreSQL session settings
+    of every pooled connection (a statement past either fails with ``BackendUnavailableError``
+    once translated); SQLite ignores both (it has ``busy_timeout``). A libpq ``sslmode=`` in the
+    URL is handed to asyncpg as ``ssl=``.
     """
     parsed = normalize_url(url)
     kwargs: dict[str, Any] = {"hide_parameters": True}
@@ -90,10 +102,13 @@ def create_engine(
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
     else:
         connect_args: dict[str, Any] = dict(options.pop("connect_args", {}))
-        if statement_timeout is not None:
-            server_settings = dict(connect_args.get("server_settings", {}))
-            server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
-            connect_args["server_settings"] = server_settings
+        timeouts = {"statement_timeout": statement_timeout, "lock_timeout": lock_timeout}
+        for name, seconds in timeouts.items():
+            if seconds is not None:
+                server_settings = dict(connect_args.get("server_settings", {}))
+                # At least 1 ms: 0 would mean "no timeout" to PostgreSQL.
+                server_settings[name] = str(max(1, round(seconds * 1000)))
+                connect_args["server_settings"] = server_settings
         kwargs.update(
             pool_size=pool_size,
             max_overflow=max_overflow,
