@@ -234,11 +234,15 @@ class DirectRunner:
         """
         compiled = self._compiled_for(statement)
         arguments = compiled.arguments(params)
+        sent = False
         try:
             async with self._connection() as connection:
+                sent = True
                 return await _run(connection, compiled, arguments)
         except BackendUnavailableError as exc:
-            if not (compiled.retry_safe and isinstance(exc.__cause__, _LostInFlight)):
+            cause = exc.__cause__
+            lost = sent and isinstance(cause, Exception) and _is_disconnect(cause)
+            if not (lost and compiled.retry_safe):
                 raise
         async with self._connection() as connection:
             return await _run(connection, compiled, arguments)
@@ -311,20 +315,14 @@ async def _run(connection: Any, compiled: _Compiled, arguments: list[Any]) -> Di
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
-        if connection.is_closed() and _is_disconnect(exc):
+        if _is_disconnect(exc) and connection.is_closed():
             # Lost mid-statement (ConnectionDoesNotExistError, or an InterfaceError from a
             # connection closed under the call): the outcome is unknown.
-            lost = _LostInFlight(f"connection lost during the statement: {type(exc).__name__}")
-            lost.__cause__ = exc
             raise BackendUnavailableError(
                 f"database connection lost during the statement ({type(exc).__name__}); "
                 "it may or may not have been applied"
-            ) from lost
+            ) from exc
         raise translate(exc, server_message=_from_server(exc)) from exc
-
-
-class _LostInFlight(Exception):
-    """Cause of the BackendUnavailableError of a statement whose connection died in flight."""
 
 
 def _from_server(exc: BaseException) -> bool:
@@ -333,9 +331,16 @@ def _from_server(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError)
 
 
+#: The server ends the session: admin shutdown / pg_terminate_backend, crash shutdown, and
+#: "cannot connect now" (sent with a FATAL severity, the connection closes right after).
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+
+
 def _is_disconnect(exc: Exception) -> bool:
     import asyncpg
 
+    if getattr(exc, "sqlstate", None) in _SESSION_ENDED:
+        return True
     return isinstance(
         exc,
         asyncpg.exceptions.ConnectionDoesNotExistError

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["install_liveness_check", "is_closed"]
 
+
 def is_closed(dbapi_connection: Any) -> bool:
     """Whether the driver connection under a pooled DBAPI connection is known to be closed.
 
