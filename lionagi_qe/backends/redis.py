@@ -44,7 +44,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -57,9 +65,11 @@ from redis.exceptions import RedisError, ResponseError
 from lionagi_qe import codec
 from lionagi_qe.backends import redis_scripts as lua
 from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, KeyRange, MemoryBase
+from lionagi_qe.backends.coalesce import Coalescer
 from lionagi_qe.backends.protocol import DEFAULT_SCAN_BATCH, ScannedEntry, scan_batch_size
 from lionagi_qe.backends.redis_support import (
     ConnectionGate,
+    cancellable,
     encode_batch,
     keyspace,
     make_pool,
@@ -140,6 +150,8 @@ class RedisMemory(MemoryBase):
     """
 
     backend_name = "redis"
+    #: Reads in flight before further concurrent retrieves coalesce into one script call.
+    COALESCE_INFLIGHT = 4
 
     def __init__(
         self,
@@ -203,6 +215,10 @@ class RedisMemory(MemoryBase):
         self._stats_page = register(lua.STATS_PAGE)
         self._cleanup_page = register(lua.CLEANUP_PAGE)
         self._clear_page = register(lua.CLEAR_PARTITION_PAGE)
+        # Concurrent retrieves coalesce into one VALUES script call (one round trip, one reply).
+        self._reads: Coalescer[str, bytes | str | None] = Coalescer(
+            self._read_one, self._read_batch, max_inflight=self.COALESCE_INFLIGHT
+        )
 
     @property
     def client(self) -> Redis:
@@ -221,7 +237,7 @@ class RedisMemory(MemoryBase):
         """Await a driver call through the gate (if this memory owns the pool); translate errors."""
         try:
             if self._gate is None:
-                return await call
+                return await cancellable(call)
             return await self._gate.run(call)
         except _DRIVER_ERRORS as exc:
             raise self._unavailable(exc) from exc
@@ -242,6 +258,15 @@ class RedisMemory(MemoryBase):
             if int(reply[1]) < size:
                 return
             lower = _after(reply[0])
+
+    async def _read_one(self, key: str) -> bytes | str | None:
+        value: bytes | str | None = await self._io(self._client.hget(self._entries + key, "v"))
+        return value
+
+    async def _read_batch(self, keys: Sequence[str]) -> list[bytes | str | None]:
+        unique = list(dict.fromkeys(keys))
+        found = dict(zip(unique, await self._fetch(unique), strict=True))
+        return [found[key] for key in keys]
 
     async def _fetch(self, keys: list[str]) -> list[bytes | str | None]:
         """The value JSON of each key (None where no live entry), in one round trip."""
@@ -297,7 +322,7 @@ class RedisMemory(MemoryBase):
         """The live value of ``key``, validated into ``as_type`` if given; else ``default``."""
         self._check_open()
         checked = self._key(key)
-        raw = await self._io(self._client.hget(self._entries + checked, "v"))
+        raw = await self._reads.submit(checked)
         if raw is None:
             return default
         value = codec.decode(raw)
@@ -590,6 +615,7 @@ class RedisMemory(MemoryBase):
         if self._closed:
             return
         self._closed = True
+        await self._reads.drain()
         if self._pool is not None:
             try:
                 await self._client.aclose()

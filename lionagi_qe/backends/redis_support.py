@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, 
 from typing import Any, TypeVar
 
 from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -22,6 +23,8 @@ from lionagi_qe.keys import GlobPattern
 
 __all__ = [
     "ConnectionGate",
+    "HealingPool",
+    "cancellable",
     "encode_batch",
     "keyspace",
     "make_pool",
@@ -55,6 +58,24 @@ def keyspace(prefix: str) -> str:
     return space
 
 
+class HealingPool(ConnectionPool):
+    """A ``ConnectionPool`` that also replaces pooled connections the server *reset*.
+
+    redis-py checks a pooled connection before use (``ensure_connection``) for unread data or
+    an orderly close (EOF), but not for a reset (``RST``: a crashed or restarted server, a
+    proxy or load balancer dropping idle connections): the stream then holds an error, not an
+    EOF, and the next command fails on it. Commands are never retried here, so every pooled
+    connection would cost one failed call after the server is back. This pool reconnects such
+    a connection before handing it out (nothing was sent on it yet, so this is safe).
+    """
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
+        if reader is not None and reader.exception() is not None:
+            await connection.disconnect()
+        await super().ensure_connection(connection)
+
+
 def make_pool(
     *,
     host: str,
@@ -68,7 +89,8 @@ def make_pool(
     """A connection pool of at most ``max_connections``, from ``url`` or host/port/db/password.
 
     Commands are never retried: one that timed out may have run, and a retried increment or
-    store would apply twice. (A stale pooled socket is replaced before it is used.)
+    store would apply twice. (A stale pooled socket, closed or reset by the server, is
+    replaced before it is used: see :class:`HealingPool`.)
 
     Raises:
         InvalidArgumentError: ``max_connections`` is not a positive int, or ``url`` is not a
@@ -80,9 +102,9 @@ def make_pool(
         raise InvalidArgumentError("max_connections must be positive")
     options.update(max_connections=max_connections, retry=Retry(NoBackoff(), 0))
     if url is None:
-        return ConnectionPool(host=host, port=port, db=db, password=password, **options)
+        return HealingPool(host=host, port=port, db=db, password=password, **options)
     try:
-        return ConnectionPool.from_url(url, **options)
+        return HealingPool.from_url(url, **options)
     except (ValueError, TypeError):
         raise InvalidArgumentError(f"not a valid Redis URL: {mask_url(url)}") from None
 
@@ -104,9 +126,21 @@ class ConnectionGate:
     async def run(self, call: Awaitable[T]) -> T:
         """Await ``call`` once a slot is free.
 
+        A cancellation the driver swallowed is delivered here: redis-py sends each command
+        under ``asyncio.wait_for``, which on Python 3.11 runs the send as a task of its own and,
+        when a cancellation lands while it runs and the send finishes first, returns the send's
+        result instead of raising (CPython gh-86296). The task would go on as if never
+        cancelled: a cancelled worker loop would never stop, an ``asyncio.timeout`` around the
+        call would never fire. So a cancellation request that arrived during the call and is
+        still pending (``Task.cancelling()`` grew) becomes a ``CancelledError`` when the call
+        returns or fails.
+
         Raises:
             BackendUnavailableError: no slot came free within ``timeout``.
+            asyncio.CancelledError: the task was cancelled during the call.
         """
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         semaphore = self._semaphore
         try:
             if semaphore.locked():
@@ -124,9 +158,30 @@ class ConnectionGate:
                 ) from None
             raise
         try:
-            return await call
+            return await cancellable(call, task, cancelling)
         finally:
             semaphore.release()
+
+
+async def cancellable(
+    call: Awaitable[T], task: asyncio.Task[Any] | None = None, cancelling: int | None = None
+) -> T:
+    """Await a redis-py call and deliver a cancellation the driver swallowed (see
+    :meth:`ConnectionGate.run`): if the task was asked to cancel while the call ran, raise
+    ``CancelledError`` instead of returning the call's result or error."""
+    if task is None:
+        task = asyncio.current_task()
+    if cancelling is None:
+        cancelling = task.cancelling() if task is not None else 0
+    try:
+        result = await call
+    except Exception as exc:
+        if task is not None and task.cancelling() > cancelling:
+            raise asyncio.CancelledError from exc
+        raise
+    if task is not None and task.cancelling() > cancelling:
+        raise asyncio.CancelledError
+    return result
 
 
 def ttl_millis(seconds: float | None) -> str:

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from lionagi_qe.backends.redis_support import cancellable
 from lionagi_qe.cache import scripts
 from lionagi_qe.cache.breaker import CircuitBreaker
 from lionagi_qe.cache.records import ABSENT_HIT, Hit, as_bytes, header_of, parse_hit
@@ -170,7 +171,8 @@ class CacheTier:
         """Run one Redis operation under the cap; any failure becomes :class:`CacheDown`."""
         try:
             async with asyncio.timeout(self._op_timeout), self._slots:
-                result = await operation()
+                # redis-py may swallow a cancellation (see redis_support.cancellable).
+                result = await cancellable(operation())
         except REDIS_ERRORS as exc:
             self.counts["errors"] += 1
             was_closed = self.breaker.allow_request()

@@ -292,6 +292,8 @@ def _statements(dialect: str) -> _Statements:
 def _check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > _MAX_NAME:
         raise InvalidArgumentError(f"{what} must be a non-empty string of at most {_MAX_NAME}")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise InvalidArgumentError(f"{what} may not contain control characters")
     return value
 
 

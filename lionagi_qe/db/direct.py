@@ -22,7 +22,11 @@ Connection loss (a server restart, a crash, ``pg_terminate_backend``):
 
 - *Before sending*: a connection the server closed while it sat in the pool or was kept is
   known closed (asyncpg read the end of file) and is replaced before anything is sent, so the
-  statement goes out exactly once, on a live connection.
+  statement goes out exactly once, on a live connection. The same holds when asyncpg refuses
+  to send because the server's FATAL arrived but its end of file not yet (during a shutdown):
+  nothing went out, so the statement, read or write, is sent on another connection.
+- *Getting a connection* fails with ``BackendUnavailableError`` while the server is down,
+  starting or stopping (the pool hands asyncpg's own errors through unwrapped).
 - *In flight*: the server may or may not have applied the statement. The call fails with
   :class:`~lionagi_qe.errors.BackendUnavailableError` (never a raw driver error). A write is
   **never retried** here: whether to repeat an ambiguous write (a counter increment, an upsert
@@ -190,8 +194,10 @@ class DirectRunner:
         for _ in range(self.MAX_DEAD_CONNECTIONS):
             try:
                 fairy = await self._engine.raw_connection()
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                raise translate(exc, server_message=_from_server(exc)) from exc
+            except Exception as exc:
+                # The pool does not wrap connect errors: asyncpg's own (CannotConnectNowError
+                # while the server starts or stops) arrive in the dialect's DBAPI ``Error``.
+                raise _unavailable(exc) from exc
             if not fairy.driver_connection.is_closed():  # type: ignore[union-attr]
                 self._kept_since = time.monotonic()
                 return fairy
@@ -234,18 +240,22 @@ class DirectRunner:
         """
         compiled = self._compiled_for(statement)
         arguments = compiled.arguments(params)
-        sent = False
-        try:
-            async with self._connection() as connection:
-                sent = True
-                return await _run(connection, compiled, arguments)
-        except BackendUnavailableError as exc:
-            cause = exc.__cause__
-            lost = sent and isinstance(cause, Exception) and _is_disconnect(cause)
-            if not (lost and compiled.retry_safe):
-                raise
-        async with self._connection() as connection:
-            return await _run(connection, compiled, arguments)
+        retried_read = False
+        for _ in range(self.MAX_DEAD_CONNECTIONS):
+            sent = False
+            try:
+                async with self._connection() as connection:
+                    sent = True
+                    return await _run(connection, compiled, arguments)
+            except _NotSent:
+                continue  # nothing went out: another connection, whatever the statement
+            except BackendUnavailableError as exc:
+                cause = exc.__cause__
+                lost = sent and isinstance(cause, Exception) and _is_disconnect(cause)
+                if retried_read or not (lost and compiled.retry_safe):
+                    raise
+                retried_read = True
+        raise BackendUnavailableError("database unavailable: every pooled connection was closed")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[BoundRunner]:
@@ -260,7 +270,9 @@ class DirectRunner:
             except PersistenceError:
                 raise
             except Exception as exc:
-                if getattr(exc, "sqlstate", None) is None and not _is_disconnect(exc):
+                if _is_disconnect(exc):
+                    raise _unavailable(exc) from exc
+                if getattr(exc, "sqlstate", None) is None:
                     raise
                 raise translate(exc, server_message=_from_server(exc)) from exc
 
@@ -315,6 +327,10 @@ async def _run(connection: Any, compiled: _Compiled, arguments: list[Any]) -> Di
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
+        if _refused_to_send(exc):
+            raise _NotSent(
+                f"database connection unusable ({type(exc).__name__}); nothing was sent"
+            ) from exc
         if _is_disconnect(exc) and connection.is_closed():
             # Lost mid-statement (ConnectionDoesNotExistError, or an InterfaceError from a
             # connection closed under the call): the outcome is unknown.
@@ -323,6 +339,32 @@ async def _run(connection: Any, compiled: _Compiled, arguments: list[Any]) -> Di
                 "it may or may not have been applied"
             ) from exc
         raise translate(exc, server_message=_from_server(exc)) from exc
+
+
+class _NotSent(BackendUnavailableError):
+    """The driver refused to send on a connection the server is closing: nothing went out."""
+
+
+def _refused_to_send(exc: BaseException) -> bool:
+    """Whether asyncpg refused the statement before writing anything: its protocol is not idle
+    (after the unsolicited FATAL of a server shutdown, until it reads the end of file), or the
+    connection is already closed."""
+    import asyncpg
+
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return str(exc).startswith("cannot switch to state")
+    # _check_open(): "connection is closed", "cannot call …: the underlying connection is closed"
+    return type(exc) is asyncpg.exceptions.InterfaceError and str(exc).endswith(
+        "connection is closed"
+    )
+
+
+def _unavailable(exc: Exception) -> PersistenceError:
+    """A typed error for a connection that could not be had or was lost."""
+    error = translate(exc, server_message=_from_server(exc))
+    if type(error) is PersistenceError:
+        return BackendUnavailableError(f"database unavailable: {type(exc).__name__}")
+    return error
 
 
 def _from_server(exc: BaseException) -> bool:
@@ -339,7 +381,7 @@ _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 def _is_disconnect(exc: Exception) -> bool:
     import asyncpg
 
-    if getattr(exc, "sqlstate", None) in _SESSION_ENDED:
+    if getattr(exc, "sqlstate", None) in _SESSION_ENDED or _refused_to_send(exc):
         return True
     return isinstance(
         exc,

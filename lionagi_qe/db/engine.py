@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -10,7 +11,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
-from lionagi_qe.errors import PersistenceError
+from lionagi_qe.db.liveness import install_liveness_check
+from lionagi_qe.errors import InvalidArgumentError, PersistenceError
 
 __all__ = ["create_engine", "is_sqlite", "normalize_url"]
 
@@ -21,6 +23,15 @@ _ASYNC_DRIVERS = {
     "postgres": "postgresql+asyncpg",
     "postgresql+psycopg2": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite",
+}
+
+#: URL query parameters SQLAlchemy's asyncpg dialect consumes itself.
+_DIALECT_QUERY = {"prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback"}
+#: Numeric asyncpg arguments a URL can only give as text.
+_SECONDS_QUERY = {
+    "connect_timeout": "timeout",
+    "timeout": "timeout",
+    "command_timeout": "command_timeout",
 }
 
 #: Milliseconds SQLite waits for another writer's lock before giving up.
@@ -71,6 +82,40 @@ def _setup_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
 
 
+def _asyncpg_query(parsed: URL, connect_args: dict[str, Any]) -> URL:
+    """Move URL query options asyncpg cannot take as text into ``connect_args``.
+
+    libpq's ``connect_timeout`` (and asyncpg's ``timeout``/``command_timeout``) become numbers,
+    ``application_name`` a server setting. Any other name asyncpg does not know is refused here,
+    before any I/O (asyncpg would raise a bare ``TypeError`` on every connect). Values are never
+    quoted in messages.
+    """
+    import asyncpg  # only PostgreSQL URLs get here
+
+    for name, argument in _SECONDS_QUERY.items():
+        if name in parsed.query:
+            raw = parsed.query[name]
+            try:
+                seconds = float(raw if isinstance(raw, str) else raw[-1])
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"database URL parameter {name!r} must be a number"
+                ) from None
+            connect_args.setdefault(argument, seconds)
+            parsed = parsed.difference_update_query([name])
+    if "application_name" in parsed.query:
+        raw = parsed.query["application_name"]
+        server_settings = dict(connect_args.get("server_settings", {}))
+        server_settings.setdefault("application_name", raw if isinstance(raw, str) else raw[-1])
+        connect_args["server_settings"] = server_settings
+        parsed = parsed.difference_update_query(["application_name"])
+    known = set(inspect.signature(asyncpg.connect).parameters) | _DIALECT_QUERY
+    unknown = sorted(set(parsed.query) - known)
+    if unknown:
+        raise InvalidArgumentError(f"unsupported database URL parameter(s): {', '.join(unknown)}")
+    return parsed
+
+
 def create_engine(
     url: str | URL,
     *,
@@ -89,7 +134,9 @@ def create_engine(
     ``statement_timeout`` and ``lock_timeout`` (seconds) become the PostgreSQL session settings
     of every pooled connection (a statement past either fails with ``BackendUnavailableError``
     once translated); SQLite ignores both (it has ``busy_timeout``). A libpq ``sslmode=`` in the
-    URL is handed to asyncpg as ``ssl=``.
+    URL is handed to asyncpg as ``ssl=``, ``connect_timeout=`` as asyncpg's ``timeout`` and
+    ``application_name=`` as a server setting; other parameters asyncpg does not know raise
+    ``InvalidArgumentError`` here, before any I/O.
     """
     parsed = normalize_url(url)
     kwargs: dict[str, Any] = {"hide_parameters": True}
@@ -102,6 +149,8 @@ def create_engine(
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
     else:
         connect_args: dict[str, Any] = dict(options.pop("connect_args", {}))
+        if parsed.drivername == "postgresql+asyncpg":
+            parsed = _asyncpg_query(parsed, connect_args)
         timeouts = {"statement_timeout": statement_timeout, "lock_timeout": lock_timeout}
         for name, seconds in timeouts.items():
             if seconds is not None:
@@ -121,6 +170,9 @@ def create_engine(
                 kwargs.pop(key)
     kwargs.update(options)
     engine = create_async_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "postgresql":
+        # A pooled connection the server closed while idle (a restart) is replaced at checkout.
+        install_liveness_check(engine)
     if is_sqlite(parsed):
         _setup_sqlite(engine)
     logger.debug("created engine for %s", parsed.render_as_string(hide_password=True))

@@ -78,6 +78,10 @@ class PrivatePostgres:
         self.data = self.base / "data"
         self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
         self.account = throwaway._postgres_account()
+        # The shared throwaway runs with synchronous_commit off, which acknowledges commits
+        # a crash then loses: a durability test needs it on (fsync may stay off: the kernel
+        # keeps written WAL when only PostgreSQL dies).
+        self.options = f"-p {self.port} -c synchronous_commit=on"
 
     def _pg_ctl(self, *args: str) -> None:
         pg_ctl = [str(Path(self.state.bin_dir) / "pg_ctl"), "-D", str(self.data)]
@@ -86,7 +90,7 @@ class PrivatePostgres:
 
     def restart_fast(self) -> None:
         """``pg_ctl restart -m fast``; returns once the server accepts connections."""
-        self._pg_ctl("-m", "fast", "-w", "-t", "60", "-o", f"-p {self.port}", "restart")
+        self._pg_ctl("-m", "fast", "-w", "-t", "60", "-o", self.options, "restart")
 
     def postmaster_pid(self) -> int:
         return int((self.data / "postmaster.pid").read_text().split()[0])
@@ -100,7 +104,7 @@ class PrivatePostgres:
         deadline = time.monotonic() + 30
         while True:
             try:
-                self._pg_ctl("-w", "-t", "60", "-o", f"-p {self.port}", "start")
+                self._pg_ctl("-w", "-t", "60", "-o", self.options, "start")
                 return
             except Exception:
                 if time.monotonic() > deadline:
@@ -120,6 +124,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
     state = throwaway._start_postgres()
     try:
         server = PrivatePostgres(state)
+        server.restart_fast()  # with the options above
 
         async def upgrade() -> None:
             engine = create_engine(server.url)
@@ -348,7 +353,12 @@ async def _verify(load: Load, t_fault: float, t_up: float, label: str) -> dict[s
     """Check every promise; return the measured numbers."""
     calls = load.ledger.calls
     foreign = [c for c in calls if c.error and not isinstance(c.error, BackendUnavailableError)]
-    assert not foreign, [(c.kind, repr(c.error)) for c in foreign[:10]]
+    if foreign:
+        import traceback
+
+        for c in foreign[:3]:
+            traceback.print_exception(c.error)
+    assert not foreign, [(c.kind, repr(c.error), repr(c.error.__cause__)) for c in foreign[:10]]
 
     kinds = sorted({c.kind for c in calls})
     during = {
@@ -460,6 +470,74 @@ async def test_postmaster_killed_under_write_load(
 
     load, t_fault, t_up = await _under_load(stores, crash_and_start)
     await _verify(load, t_fault, t_up, "kill -9 postmaster, then start")
+
+
+async def _every_path(stores: Stores, tag: str, width: int = 6) -> list[BaseException | None]:
+    """``width`` concurrent calls on each path; each call's error or None."""
+    memory, db, queue = stores.memory, stores.db, stores.queue
+
+    async def queue_round(i: int) -> None:
+        job_id = await queue.enqueue({"tag": tag, "i": i})
+        job = await queue.claim(f"idle-{tag}-{i}", lease=60)
+        assert job is not None
+        await queue.complete(job)
+        assert job_id
+
+    async def memory_round(i: int) -> None:
+        key = f"aqe/fault/idle/{tag}/{i}"
+        assert await memory.store(key, {"i": i}) == 1
+        assert await memory.retrieve(key) == {"i": i}
+        assert await memory.increment(f"{key}/n") == 1
+
+    calls: list[Awaitable[Any]] = []
+    for i in range(width):
+        calls.append(memory_round(i))
+        calls.append(db.update_q_value(AGENT, f"idle-{tag}", f"a{i}", 1.0, 0.0, 1.0, 0.0))
+        calls.append(queue_round(i))
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    return [o if isinstance(o, BaseException) else None for o in outcomes]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fault", ["restart", "kill"])
+async def test_idle_pools_heal_on_first_use(
+    private_pg: PrivatePostgres, stores: Stores, fault: str
+) -> None:
+    """Pools full of connections the server closed while nobody called: the first calls
+    after the server is back all succeed (the known "first pooled query fails" issue)."""
+    run = uuid.uuid4().hex[:8]
+    assert await _every_path(stores, f"{run}-warm") == [None] * 18
+    assert stores.memory.held_connections == 1
+    idle_before = {
+        name: engine.sync_engine.pool.checkedin()  # type: ignore[attr-defined]
+        for name, engine in (
+            ("memory", stores.memory_engine),
+            ("learning", stores.db.engine),
+            ("queue", stores.queue_engine),
+        )
+    }
+    assert all(count >= 2 for count in idle_before.values()), idle_before
+
+    def crash_and_start() -> None:
+        private_pg.kill_postmaster()
+        time.sleep(0.5)
+        private_pg.start()
+
+    await asyncio.to_thread(private_pg.restart_fast if fault == "restart" else crash_and_start)
+    await asyncio.sleep(0.2)  # the event loop reads the closed sockets
+    started = time.monotonic()
+    errors = [e for e in await _every_path(stores, f"{run}-after") if e is not None]
+    print(
+        fault,
+        "idle pools",
+        idle_before,
+        "errors after:",
+        [repr(e) for e in errors],
+        "in",
+        round(time.monotonic() - started, 3),
+        "s",
+    )
+    assert errors == []
 
 
 # -- the statement in flight ------------------------------------------------------------------

@@ -121,7 +121,11 @@ BAD_CALLS: list[BadCall] = [
     ("store partition ctl", lambda m: m.store(K, 1, partition="p\x00"), InvalidPartitionError),
     ("store partition 65", lambda m: m.store(K, 1, partition="p" * 65), InvalidPartitionError),
     ("store metadata str", lambda m: m.store(K, 1, metadata="x"), SerializationError),
-    ("store metadata nan", lambda m: m.store(K, 1, metadata={"n": float("nan")}), SerializationError),
+    (
+        "store metadata nan",
+        lambda m: m.store(K, 1, metadata={"n": float("nan")}),
+        SerializationError,
+    ),
     ("store too large", lambda m: m.store(K, "x" * (m.max_value_bytes + 1)), ValueTooLargeError),
     ("store_many ttl -1", lambda m: m.store_many({K: 1}, ttl=-1), InvalidTTLError),
     ("store_many ttl nan", lambda m: m.store_many({K: 1}, ttl=float("nan")), InvalidTTLError),
@@ -166,7 +170,7 @@ async def _check_bad_calls(memory: Any) -> list[str]:
         except expected as exc:
             if not isinstance(exc, ValueError | PersistenceError):
                 problems.append(f"{name}: {type(exc).__name__} is not a ValueError")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             problems.append(f"{name}: {type(exc).__name__}: {exc}")
         else:
             problems.append(f"{name}: no error")
@@ -286,7 +290,7 @@ async def test_queue_and_learning_refuse_bad_arguments_before_io(
                 await make()
             except InvalidArgumentError:
                 pass
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:  # reported below
                 problems.append(f"{name}: {type(exc).__name__}: {exc}")
             else:
                 problems.append(f"{name}: no error")
@@ -299,6 +303,22 @@ async def test_queue_and_learning_refuse_bad_arguments_before_io(
         await queue.close()
         await db.close()
     assert problems == []
+
+
+async def test_queue_names_with_control_characters_are_refused(
+    unreachable: dict[str, Any],
+) -> None:
+    url = unreachable["postgres"]
+    with pytest.raises(InvalidArgumentError):
+        WorkQueue(url, "jobs\x00")
+    queue = WorkQueue(url, "jobs")
+    try:
+        with pytest.raises(InvalidArgumentError):
+            await queue.claim("consumer\x00")
+        with pytest.raises(InvalidArgumentError):
+            await queue.enqueue({"a": 1}, dedupe_key="d\x01")
+    finally:
+        await queue.close()
 
 
 async def test_agent_memory_refuses_bad_names_before_io(unreachable: dict[str, Any]) -> None:
@@ -426,14 +446,20 @@ async def test_agent_memory_never_reads_another_agents_keys(memory: Any) -> None
 
 
 @pytest.fixture
-def capture_logs(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], str]]:
-    """Every record of the library's and the drivers' loggers at DEBUG, formatted with tracebacks."""
+def capture_logs(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[int], str]]:
+    """Records of the library's and the drivers' loggers (all at DEBUG), formatted with
+    tracebacks; ``text_of(level)`` keeps those at ``level`` or above.
+
+    At DEBUG, ``sqlalchemy.engine`` also logs result rows (stored values): SQLAlchemy's own
+    behaviour, documented. Statements and their parameters are logged at INFO.
+    """
     for name in LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
 
-    def text_of() -> str:
-        return "\n".join(formatter.format(record) for record in caplog.records)
+    def text_of(level: int = logging.DEBUG) -> str:
+        records = [record for record in caplog.records if record.levelno >= level]
+        return "\n".join(formatter.format(record) for record in records)
 
     yield text_of
 
@@ -460,13 +486,19 @@ def pg_role(aqe_postgres_server: FoundServer) -> Iterator[tuple[str, str]]:
         asyncio.run(run(f"DROP ROLE IF EXISTS {role}"))
 
 
-def _assert_clean(text_: str) -> None:
-    for secret in (SECRET, WRONG, STORED_SECRET):
+def _assert_clean(text_: str, secrets: tuple[str, ...] = (SECRET, WRONG, STORED_SECRET)) -> None:
+    for secret in secrets:
         assert secret not in text_, f"{secret!r} leaked in: {text_[:2000]}"
 
 
+def _assert_logs_clean(text_of: Callable[[int], str]) -> None:
+    """No password at any level; no stored value in statements/parameters (INFO and above)."""
+    _assert_clean(text_of(logging.DEBUG), (SECRET, WRONG))
+    _assert_clean(text_of(logging.INFO))
+
+
 def test_wrong_password_to_postgres_never_leaks(
-    pg_role: tuple[str, str], capture_logs: Callable[[], str]
+    pg_role: tuple[str, str], capture_logs: Callable[[int], str]
 ) -> None:
     """A failing connect with a password (the shared server trusts loopback, so the failure is
     the missing database; the password still travels through every layer)."""
@@ -500,9 +532,36 @@ def test_wrong_password_to_postgres_never_leaks(
     assert all(isinstance(exc, BackendUnavailableError) for exc in errors), errors
     for exc in errors:
         _assert_clean(chain_text(exc))
-    logs = capture_logs()
-    assert logs  # something was logged at DEBUG (the engine's echo at least)
-    _assert_clean(logs)
+    assert "Error on connect" in capture_logs(logging.DEBUG)  # the pool logged the failure
+    _assert_logs_clean(capture_logs)
+
+
+async def test_working_connections_with_passwords_log_none(
+    aqe_database_url: str, aqe_sqlite_url: str, capture_logs: Callable[[int], str]
+) -> None:
+    """The everyday path: a password in the URL (unused by the trusting server), DEBUG logs on."""
+    url = aqe_database_url.replace("://postgres@", f"://postgres:{SECRET}@", 1)
+    assert SECRET in url
+    memory = open_memory(url, settings=Settings(lock_timeout=5))
+    manager = DatabaseManager(url, min_connections=1, max_connections=2, echo="debug")
+    queue = WorkQueue(url, f"sec-{uuid.uuid4().hex[:6]}")
+    try:
+        await memory.store("aqe/sec/ok", {"v": 1})
+        assert await memory.retrieve("aqe/sec/ok") == {"v": 1}
+        await manager.connect()
+        await manager.upsert_q_value("test-generator", "s", "a", 1.0)
+        await queue.enqueue({"job": 1})
+        assert sum((await queue.stats()).values()) == 1
+        await queue.clear()
+        await memory.delete("aqe/sec/ok")
+        for thing in (memory, manager, queue, manager.engine, manager.engine.sync_engine):
+            _assert_clean(repr(thing) + str(thing))
+    finally:
+        await memory.close()
+        await manager.close()
+        await queue.close()
+    assert "hidden due to hide_parameters" in capture_logs(logging.INFO)
+    _assert_logs_clean(capture_logs)
 
 
 @pytest.fixture
@@ -535,7 +594,7 @@ def redis_with_password(tmp_path: Path) -> Iterator[int]:
 
 
 def test_wrong_password_to_redis_never_leaks(
-    redis_with_password: int, aqe_sqlite_url: str, capture_logs: Callable[[], str]
+    redis_with_password: int, aqe_sqlite_url: str, capture_logs: Callable[[int], str]
 ) -> None:
     port = redis_with_password
     wrong_url = f"redis://:{WRONG}@127.0.0.1:{port}/0"
@@ -566,11 +625,11 @@ def test_wrong_password_to_redis_never_leaks(
     assert all(isinstance(exc, BackendUnavailableError) for exc in errors), errors
     for exc in errors:
         _assert_clean(chain_text(exc))
-    _assert_clean(capture_logs())
+    _assert_logs_clean(capture_logs)
 
 
 async def test_failing_statement_never_echoes_its_parameters(
-    aqe_postgres_server: FoundServer, tmp_path: Path, capture_logs: Callable[[], str]
+    aqe_postgres_server: FoundServer, tmp_path: Path, capture_logs: Callable[[int], str]
 ) -> None:
     # A raw statement on an engine we create: SQLAlchemy's message must hide the parameters.
     engine = create_engine(aqe_postgres_server.url, pool_size=1)
@@ -603,13 +662,37 @@ async def test_failing_statement_never_echoes_its_parameters(
                 await memory.close()
     finally:
         drop_database(aqe_postgres_server.url, name)
-    _assert_clean(capture_logs())
+    _assert_logs_clean(capture_logs)
 
 
 def test_cli_output_never_shows_passwords(
-    pg_role: tuple[str, str], redis_with_password: int, tmp_path: Path
+    pg_role: tuple[str, str], redis_with_password: int, tmp_path: Path, aqe_database_url: str
 ) -> None:
     role, host = pg_role
+    # The shared server trusts loopback, so a password in the worker's URL is accepted (unused).
+    good_db = aqe_database_url.replace("://postgres@", f"://postgres:{SECRET}@", 1)
+    assert SECRET in good_db
+    good_redis = f"redis://:{SECRET}@127.0.0.1:{redis_with_password}/0"
+    succeeding = [
+        ["db", "current", "--database-url", good_db],
+        ["db", "current", "--database-url", good_db, "--json"],
+        ["db", "upgrade", "--database-url", good_db],
+        [
+            "memory",
+            "put",
+            "aqe/sec-cli/k",
+            '"v"',
+            "--database-url",
+            good_db,
+            "--redis-url",
+            good_redis,
+        ],
+        ["memory", "get", "aqe/sec-cli/k", "--database-url", good_db, "--redis-url", good_redis],
+        ["memory", "stats", "--database-url", good_db, "--redis-url", good_redis, "--json"],
+        ["memory", "stats", "--database-url", good_redis],
+        ["migrate", "--from", good_db, "--to", good_redis, "--prefix", "aqe/sec-cli/", "--json"],
+        ["memory", "delete", "aqe/sec-cli/k", "--database-url", good_db],
+    ]
     bad_db = f"postgresql+asyncpg://{role}:{WRONG}@{host}/aqe_no_such_db"
     dead_db = f"postgresql+asyncpg://{role}:{SECRET}@127.0.0.1:{_closed_port()}/aqe"
     bad_redis = f"redis://:{WRONG}@127.0.0.1:{redis_with_password}/0"
@@ -626,6 +709,10 @@ def test_cli_output_never_shows_passwords(
         ["export", str(tmp_path / "out.jsonl"), "--database-url", dead_db],
         ["migrate", "--from", dead_db, "--to", bad_redis],
     ]
+    for args in succeeding:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+        _assert_clean(result.output + result.stderr)
     exit_codes = []
     for args in commands:
         result = runner.invoke(app, args)
@@ -651,15 +738,17 @@ async def test_postgres_tls_request_reaches_asyncpg(aqe_database_url: str, query
         assert "sslmode" not in kwargs
     finally:
         await engine.dispose()
-    # The shared server has no TLS: the handshake is attempted and refused, as a typed error.
+    # The shared server has no TLS: the handshake is attempted and refused, as a typed error
+    # (verify-full first looks for the root certificate to verify the server with).
+    expected = PersistenceError if "verify" in query else BackendUnavailableError
     for memory in (open_memory(url), DatabaseManager(url, min_connections=1)):
         try:
-            with pytest.raises(BackendUnavailableError) as info:
+            with pytest.raises(expected) as info:
                 if isinstance(memory, DatabaseManager):
                     await memory.connect()
                 else:
                     await memory.exists("aqe/k")
-            assert "SSL" in chain_text(info.value)
+            assert re.search("SSL|root certificate", chain_text(info.value))
         finally:
             await memory.close()
 

@@ -222,3 +222,13 @@ async def test_close_is_clean_and_final() -> None:
         await proxy.start()
     assert "FaultProxy" in repr(proxy)
     await echo.close()
+
+
+async def test_arguments_are_checked(proxy: FaultProxy) -> None:
+    with pytest.raises(ValueError):
+        proxy.reset_mid_reply(after=-1)
+    with pytest.raises(TypeError):
+        proxy.stall_mid_reply(after=1.5)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="start"):
+        FaultProxy("127.0.0.1", 1).freeze()
+    assert proxy.mode is FaultMode.PASS
