@@ -362,16 +362,7 @@ class PostgresMemory(MemoryBase):
             row = await repo.get_entry(checked)
         if row is None:
             return None
-        return MemoryEntry(
-            key=row.key,
-            value=codec.decode(row.value_json),
-            partition=row.partition,
-            version=row.version,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            expires_at=row.expires_at,
-            metadata=codec.decode(row.metadata_json),
-        )
+        return MemoryEntry(**_entry_fields(row))
 
     async def read_entries(self, keys: Iterable[str]) -> dict[str, EntryRow]:
         """The live rows among ``keys`` as stored (JSON text), each with its remaining TTL by
@@ -489,14 +480,7 @@ class PostgresMemory(MemoryBase):
             read_at = time.monotonic()
             for row in rows:
                 yield ScannedEntry(
-                    key=row.key,
-                    value=codec.decode(row.value_json),
-                    partition=row.partition,
-                    version=row.version,
-                    created_at=row.created_at,
-                    updated_at=row.updated_at,
-                    expires_at=row.expires_at,
-                    metadata=codec.decode(row.metadata_json),
+                    **_entry_fields(row),
                     ttl=row.remaining,
                     read_at=read_at,
                 )
@@ -616,3 +600,17 @@ class PostgresMemory(MemoryBase):
         engine, self._owned_engine = self._owned_engine, None
         if engine is not None:
             await engine.dispose()
+
+
+def _entry_fields(row: EntryRow) -> dict[str, Any]:
+    """A stored row as the public entry's fields (value and metadata decoded)."""
+    return {
+        "key": row.key,
+        "value": codec.decode(row.value_json),
+        "partition": row.partition,
+        "version": row.version,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "expires_at": row.expires_at,
+        "metadata": codec.decode(row.metadata_json),
+    }
