@@ -108,21 +108,32 @@ def _micros(raw: bytes | str) -> datetime:
     return _EPOCH + timedelta(microseconds=int(raw))
 
 
+def _entry_fields(key: str, value: bytes | str, header: bytes | str) -> dict[str, Any]:
+    """An entry's public fields from its stored value and header.
+
+    Header layout (see ``redis_scripts``): "version created updated expires size\x1fpartition
+    \x1fmetadata".
+    """
+    numbers, partition, metadata = _text(header).split("\x1f", 2)
+    version, created, updated, expires, _size = numbers.split(" ")
+    return {
+        "key": key,
+        "value": codec.decode(value),
+        "partition": partition,
+        "version": int(version),
+        "created_at": _micros(created),
+        "updated_at": _micros(updated),
+        "expires_at": _EPOCH + timedelta(milliseconds=int(expires)) if expires else None,
+        "metadata": codec.decode(metadata),
+    }
+
+
 def _scanned(
     key: str, value: bytes | str, header: bytes | str, remaining_ms: int, read_at: float
 ) -> ScannedEntry:
-    """An entry of a ``SCAN_PAGE`` reply (header layout: see ``redis_scripts``)."""
-    numbers, partition, metadata = _text(header).split("\x1f", 2)
-    version, created, updated, expires, _size = numbers.split(" ")
+    """An entry of a ``SCAN_PAGE`` reply."""
     return ScannedEntry(
-        key=key,
-        value=codec.decode(value),
-        partition=partition,
-        version=int(version),
-        created_at=_micros(created),
-        updated_at=_micros(updated),
-        expires_at=_EPOCH + timedelta(milliseconds=int(expires)) if expires else None,
-        metadata=codec.decode(metadata),
+        **_entry_fields(key, value, header),
         ttl=None if remaining_ms < 0 else remaining_ms / 1000,
         read_at=read_at,
     )
@@ -335,19 +346,7 @@ class RedisMemory(MemoryBase):
         value, header = await self._io(self._client.hmget(self._entries + checked, ["v", "h"]))
         if value is None or header is None:
             return None
-        # See redis_scripts: "version created updated expires size\x1fpartition\x1fmetadata".
-        numbers, partition, metadata = _text(header).split("\x1f", 2)
-        version, created, updated, expires, _size = numbers.split(" ")
-        return MemoryEntry(
-            key=checked,
-            value=codec.decode(value),
-            partition=partition,
-            version=int(version),
-            created_at=_micros(created),
-            updated_at=_micros(updated),
-            expires_at=_EPOCH + timedelta(milliseconds=int(expires)) if expires else None,
-            metadata=codec.decode(metadata),
-        )
+        return MemoryEntry(**_entry_fields(checked, value, header))
 
     async def exists(self, key: str) -> bool:
         """True if ``key`` has a live entry."""

@@ -252,34 +252,22 @@ class PostgresMemory(MemoryBase):
             key, value, ttl, partition, metadata, if_absent, expected_version
         )
         item = request.item
-        if self._writes is not None and not request.if_absent and request.expected_version is None:
-            return await self._writes.submit(
-                UpsertRow(
-                    item.key,
-                    item.value_json,
-                    request.partition,
-                    request.metadata_json,
-                    item.size_bytes,
-                    request.ttl,
-                )
-            )
-
-        async def write(repo: MemoryRepository) -> int | None:
-            return await repo.upsert(
-                item.key,
-                item.value_json,
-                partition=request.partition,
-                metadata_json=request.metadata_json,
-                size_bytes=item.size_bytes,
-                ttl=request.ttl,
-                if_absent=request.if_absent,
-                expected_version=request.expected_version,
-            )
-
-        version: int | None = await self._with_partition(request.partition, write)
-        if version is None:
-            raise request.conflict()
-        return version
+        row = UpsertRow(
+            item.key,
+            item.value_json,
+            request.partition,
+            request.metadata_json,
+            item.size_bytes,
+            request.ttl,
+        )
+        if request.if_absent or request.expected_version is not None:
+            version = await self._upsert(row, request.if_absent, request.expected_version)
+            if version is None:
+                raise request.conflict()
+            return version
+        if self._writes is not None:
+            return await self._writes.submit(row)
+        return await self._write_one(row)
 
     async def retrieve(self, key: str, *, as_type: Any = None, default: Any = None) -> Any:
         """The live value of ``key``, validated into ``as_type`` if given; else ``default``."""
@@ -305,7 +293,11 @@ class PostgresMemory(MemoryBase):
             found = await repo.retrieve_many(list(dict.fromkeys(keys)))
         return [found.get(key) for key in keys]
 
-    async def _write_one(self, row: UpsertRow) -> int:
+    async def _upsert(
+        self, row: UpsertRow, if_absent: bool = False, expected_version: int | None = None
+    ) -> int | None:
+        """One upsert statement; the new version, or None if its condition failed."""
+
         async def write(repo: MemoryRepository) -> int | None:
             return await repo.upsert(
                 row.key,
@@ -314,9 +306,15 @@ class PostgresMemory(MemoryBase):
                 metadata_json=row.metadata_json,
                 size_bytes=row.size_bytes,
                 ttl=row.ttl,
+                if_absent=if_absent,
+                expected_version=expected_version,
             )
 
         version: int | None = await self._with_partition(row.partition, write)
+        return version
+
+    async def _write_one(self, row: UpsertRow) -> int:
+        version = await self._upsert(row)
         assert version is not None  # an unconditional upsert always returns its version
         return version
 
