@@ -144,17 +144,22 @@ def run(work: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def load_settings() -> Settings:
+    """``Settings`` from the environment; invalid ones end the command with one line each."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"AQE_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        fail(f"invalid settings: {problems}")
+
+
 def resolve_urls(database_url: str | None, redis_url: str | None) -> tuple[str, str | None]:
     """The URLs to use: the options, else ``Settings``; remember their passwords to scrub."""
     if database_url is None or redis_url is None:
-        try:
-            settings = Settings()
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"AQE_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
-                for error in exc.errors()
-            )
-            fail(f"invalid settings: {problems}")
+        settings = load_settings()
         database_url = database_url or settings.database_url
         redis_url = settings.redis_url if redis_url is None else redis_url
     redis = redis_url or None

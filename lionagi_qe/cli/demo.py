@@ -24,6 +24,7 @@ from lionagi_qe.cli.common import (
     RedisUrl,
     emit_json,
     fail,
+    load_settings,
     resolve_urls,
     run,
     stderr_console,
@@ -32,10 +33,53 @@ from lionagi_qe.cli.common import (
 from lionagi_qe.config import DEFAULT_DATABASE_URL, mask_url
 
 if TYPE_CHECKING:
+    from lionagi_qe.backends.protocol import MemoryBackend
+    from lionagi_qe.config import Settings
     from lionagi_qe.demo import DemoSummary
+    from lionagi_qe.learning import DatabaseManager
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _STAGE_LABELS = {"generate": "generate suites", "execute": "execute suites", "analyse": "analyse"}
+
+
+def open_stores(
+    settings: Settings, url: str, redis: str | None, *, sql_url: str
+) -> tuple[DatabaseManager, MemoryBackend]:
+    """The demo's SQL database (queues, learning) and its memory, configured by ``settings``.
+
+    Pool size and timeouts, statement and lock timeouts (``AQE_STATEMENT_TIMEOUT``,
+    ``AQE_LOCK_TIMEOUT``) and the cache tier's TTL and socket timeouts apply here exactly as
+    they do to ``open_memory``. Nothing connects yet.
+    """
+    from lionagi_qe.backends.sql import PostgresMemory
+    from lionagi_qe.factory import open_memory
+    from lionagi_qe.learning import DatabaseManager
+
+    database = DatabaseManager(
+        sql_url,
+        min_connections=1,
+        max_connections=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
+        pool_recycle=settings.pool_recycle,
+        statement_timeout=settings.statement_timeout,
+        lock_timeout=settings.lock_timeout,
+    )
+    if url.startswith(_REDIS_SCHEMES):
+        return database, open_memory(url, settings=settings)
+    sql = PostgresMemory(database, max_value_bytes=settings.max_value_bytes)
+    if redis is None:
+        return database, sql
+    from lionagi_qe.cache import CachedMemory
+
+    cached = CachedMemory(
+        sql,
+        redis_url=redis,
+        cache_ttl=settings.cache_ttl,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_connect_timeout,
+    )
+    return database, cached
 
 
 def register(app: typer.Typer) -> None:
@@ -72,6 +116,7 @@ def demo(
     retried); a coverage analyser rewards the strategies. Run it again: it starts from what it
     learned. Each run replaces the entries and jobs the previous one left.
     """
+    settings = load_settings()
     url, redis = resolve_urls(database_url, redis_url)
     memory_on_redis = url.startswith(_REDIS_SCHEMES)
     if memory_on_redis and redis is not None:
@@ -80,25 +125,10 @@ def demo(
     progress = None if json_output else _progress()
 
     async def work() -> DemoSummary:
-        from lionagi_qe.backends.protocol import MemoryBackend
-        from lionagi_qe.backends.sql import PostgresMemory
         from lionagi_qe.demo import run_demo
-        from lionagi_qe.factory import open_memory
-        from lionagi_qe.learning import DatabaseManager
 
-        database = DatabaseManager(sql_url, min_connections=1, max_connections=10)
-        memory: MemoryBackend | None = None
+        database, memory = open_stores(settings, url, redis, sql_url=sql_url)
         try:
-            if memory_on_redis:
-                memory = open_memory(url)
-            else:
-                sql = PostgresMemory(database)
-                if redis is None:
-                    memory = sql
-                else:
-                    from lionagi_qe.cache import CachedMemory
-
-                    memory = CachedMemory(sql, redis_url=redis)
             return await run_demo(
                 memory,
                 database,
@@ -112,8 +142,7 @@ def demo(
                 on_phase=None if progress is None else _on_phase(progress),
             )
         finally:
-            if memory is not None:
-                await memory.close()
+            await memory.close()
             await database.close()
 
     if progress is None:

@@ -328,3 +328,40 @@ async def test_demo_with_memory_on_redis(redis_memory: Any, sqlite_store: Databa
     summary = await _run(redis_memory, sqlite_store, generators=1, rounds=2)
     check_summary(summary, generators=1, rounds=2)
     assert summary["stats"]["backend"] == "redis"
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_the_demo_stores_follow_the_settings(
+    aqe_database_url: str, aqe_redis_url: str
+) -> None:
+    """Statement and lock timeouts, pool size and the cache's settings reach the demo's stores."""
+    from lionagi_qe.cache import CachedMemory
+    from lionagi_qe.cli.demo import open_stores
+    from lionagi_qe.config import Settings
+
+    settings = Settings(
+        database_url=aqe_database_url,
+        statement_timeout=12.5,
+        lock_timeout=3.25,
+        pool_size=3,
+        cache_ttl=42.0,
+        redis_socket_timeout=0.5,
+    )
+    database, memory = open_stores(
+        settings, aqe_database_url, aqe_redis_url, sql_url=aqe_database_url
+    )
+    try:
+        assert isinstance(memory, CachedMemory)
+        assert memory._tier._cache_ttl_ms == 42_000
+        assert memory._client.connection_pool.connection_kwargs["socket_timeout"] == 0.5
+        assert database.engine.pool.size() == 3  # type: ignore[attr-defined]
+        async with database.engine.connect() as connection:
+            timeouts = [
+                (await connection.exec_driver_sql(f"SHOW {name}")).scalar_one()
+                for name in ("statement_timeout", "lock_timeout")
+            ]
+        assert timeouts == ["12500ms", "3250ms"]
+    finally:
+        await memory.close()
+        await database.close()
