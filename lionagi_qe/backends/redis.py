@@ -31,9 +31,14 @@ atomic index updates, all-or-nothing batches and ordered listing without a cross
 Different prefixes hash to different slots, so many stores do spread over a cluster. A prefix
 that already holds a hash tag keeps it (``{fleet}:a:`` and ``{fleet}:b:`` share a slot).
 Scripts also reach keys they do not declare (an entry's former partition set); these share the
-slot, which Redis Cluster accepts. Still to do for a cluster: accept a ``RedisCluster`` as
-``client=`` (every script declares a key of the slot, so it routes) and read ``get_stats``'s
-INFO from the slot's node.
+slot, which Redis Cluster accepts. Every script declares at least one key of the slot, so
+redis-py routes it (``EVALSHA``) to the slot's master; a script missing there (a promoted
+replica) is loaded again by redis-py (``NOSCRIPT`` → ``SCRIPT LOAD``). ``get_stats`` reads INFO
+from that master. The client is a ``RedisCluster`` when told (``cluster=True``, ``nodes=[…]``,
+``client=RedisCluster(…)``) or when the first call finds ``cluster_enabled:1`` (``INFO
+cluster``); see :class:`~lionagi_qe.backends.redis_support.RedisConnector` and
+:func:`~lionagi_qe.backends.redis_support.make_cluster` (commands never retried, redirections
+followed).
 
 Counters follow the SQL backend exactly: integers add as 64-bit integers (``HINCRBY``, overflow
 is refused), anything else as doubles whose text is Python's ``repr`` of the same sum, so the
@@ -59,24 +64,26 @@ from itertools import chain
 from typing import Any, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from lionagi_qe import codec
 from lionagi_qe.backends import redis_scripts as lua
-from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, KeyRange, MemoryBase
+from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, KeyRange, MemoryBase, StoreRequest
 from lionagi_qe.backends.coalesce import Coalescer
 from lionagi_qe.backends.protocol import DEFAULT_SCAN_BATCH, ScannedEntry, scan_batch_size
 from lionagi_qe.backends.redis_support import (
+    Client,
     ConnectionGate,
+    RedisConnector,
     cancellable,
     encode_batch,
+    info_for_key,
     keyspace,
-    make_pool,
     ttl_millis,
     whole_range,
 )
-from lionagi_qe.config import mask_url
 from lionagi_qe.entry import MemoryEntry
 from lionagi_qe.errors import (
     BackendUnavailableError,
@@ -92,7 +99,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_DRIVER_ERRORS = (RedisError, OSError)
+_DRIVER_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 def _text(raw: bytes | str) -> str:
@@ -128,6 +135,15 @@ def _entry_fields(key: str, value: bytes | str, header: bytes | str) -> dict[str
     }
 
 
+def _client_location(client: Client) -> str:
+    """Where a caller's client points (no password), for error messages and ``repr``."""
+    if isinstance(client, RedisCluster):
+        names = list(client.nodes_manager.startup_nodes)
+        return f"redis://{names[0] if names else '?'} (cluster)"
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+
 def _scanned(
     key: str, value: bytes | str, header: bytes | str, remaining_ms: int, read_at: float
 ) -> ScannedEntry:
@@ -156,8 +172,13 @@ class RedisMemory(MemoryBase):
         pool_timeout: seconds to wait for a free connection.
         client_name: the name connections announce (``CLIENT SETNAME``).
         batch_size: index members per page when listing, searching, counting or cleaning.
-        client: an existing ``redis.asyncio.Redis``; the caller keeps owning it and its pool
-            (``close`` does not close it; ``max_connections`` and ``pool_timeout`` are its own).
+        client: an existing ``redis.asyncio.Redis`` or ``RedisCluster``; the caller keeps owning
+            it and its pool (``close`` does not close it; ``max_connections`` and
+            ``pool_timeout`` are its own).
+        cluster: ``True``: the server is a Redis Cluster (``url``/``host`` name any node);
+            ``False``: a single server; ``None`` (default): the first call asks it.
+        nodes: ``host:port`` pairs or ``redis://`` URLs of cluster nodes (implies a cluster;
+            any one that answers reveals the rest). Wins over ``host``/``port``.
     """
 
     backend_name = "redis"
@@ -181,7 +202,9 @@ class RedisMemory(MemoryBase):
         pool_timeout: float | None = 10.0,
         client_name: str | None = "lionagi_qe",
         batch_size: int = 1000,
-        client: Redis | None = None,
+        client: Client | None = None,
+        cluster: bool | None = None,
+        nodes: Sequence[str] | None = None,
     ) -> None:
         super().__init__(namespace=namespace, max_value_bytes=max_value_bytes)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -192,29 +215,33 @@ class RedisMemory(MemoryBase):
         self._idx = self._keyspace + "idx"
         self._kp = self._keyspace + "kp"
         self._batch = batch_size
-        self._pool: ConnectionPool | None = None
-        self._gate: ConnectionGate | None = None
+        self._connector: RedisConnector | None = None
+        self._given: Client | None = client
         if client is not None:
-            self._client = client
-            kwargs = client.connection_pool.connection_kwargs
-            self._location = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+            if not isinstance(client, Redis | RedisCluster):
+                raise InvalidArgumentError("client must be a redis.asyncio Redis or RedisCluster")
+            self._given_location = _client_location(client)
+            initial: Client = client
         else:
-            self._pool = make_pool(
+            self._connector = RedisConnector(
                 host=host,
                 port=port,
                 db=db,
                 password=password,
                 url=url,
+                nodes=nodes,
+                cluster=cluster,
                 max_connections=max_connections,
+                pool_timeout=pool_timeout,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=socket_connect_timeout,
                 client_name=client_name,
             )
-            self._client = Redis(connection_pool=self._pool)
-            self._location = str(mask_url(url)) if url else f"redis://{host}:{port}/{db}"
-            self._gate = ConnectionGate(max_connections, pool_timeout, self._location)
-        register = self._client.register_script
+            initial = self._connector.client
+        # Scripts are registered once and run on whichever client is current (``client=``).
+        register = initial.register_script
         self._store = register(lua.STORE)
+        self._store_batch = register(lua.STORE_BATCH)
         self._store_many = register(lua.STORE_MANY)
         self._increment = register(lua.INCREMENT)
         self._expire = register(lua.EXPIRE)
@@ -230,11 +257,36 @@ class RedisMemory(MemoryBase):
         self._reads: Coalescer[str, bytes | str | None] = Coalescer(
             self._read_one, self._read_batch, max_inflight=self.COALESCE_INFLIGHT
         )
+        # Concurrent plain stores coalesce into one STORE_BATCH call, each keeping its version
+        # and its error; stores with a condition go alone (their refusal is per call anyway).
+        self._writes: Coalescer[StoreRequest, int] = Coalescer(
+            self._write_one, self._write_batch, max_inflight=self.COALESCE_INFLIGHT
+        )
 
     @property
-    def client(self) -> Redis:
-        """The ``redis.asyncio.Redis`` this memory runs on."""
-        return self._client
+    def client(self) -> Client:
+        """The client this memory runs on: a ``Redis``, or a ``RedisCluster`` on a cluster
+        (known once told, or after the first call found out)."""
+        if self._connector is not None:
+            return self._connector.client
+        assert self._given is not None
+        return self._given
+
+    @property
+    def _pool(self) -> ConnectionPool | None:
+        """The single-server pool this memory built (None on a cluster or a given client)."""
+        return self._connector.pool if self._connector is not None else None
+
+    @property
+    def _gate(self) -> ConnectionGate | None:
+        """The gate in front of the client this memory built (None for a given client)."""
+        return self._connector.gate if self._connector is not None else None
+
+    @property
+    def _location(self) -> str:
+        if self._connector is not None:
+            return self._connector.location
+        return self._given_location
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -244,17 +296,30 @@ class RedisMemory(MemoryBase):
             f"Redis at {self._location} {what}: {type(exc).__name__}: {exc}"
         )
 
-    async def _io(self, call: Awaitable[T]) -> T:
-        """Await a driver call through the gate (if this memory owns the pool); translate errors."""
+    async def _io(self, call: Callable[[Client], Awaitable[T]]) -> T:
+        """Run ``call`` on the client, through the gate (if this memory owns the client);
+        translate driver errors.
+
+        ``call`` receives the client because the client is only known once the first call
+        found out whether the server is a cluster (see ``RedisConnector``).
+        """
+        connector = self._connector
         try:
-            if self._gate is None:
-                return await cancellable(call)
-            return await self._gate.run(call)
+            if connector is None:
+                given = self._given
+                assert given is not None
+                if isinstance(given, RedisCluster):
+                    # Load the slot map before the first command (see RedisConnector); at once
+                    # once loaded.
+                    await cancellable(given.initialize())
+                return await cancellable(call(given))
+            client = connector.client if connector.decided else await connector.resolve()
+            return await connector.gate.run(call(client))
         except _DRIVER_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
     def _script(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        return self._io(script(keys=keys, args=args))
+        return self._io(lambda client: script(keys=keys, args=args, client=client))
 
     async def _pages(
         self, script: AsyncScript, key_range: KeyRange, keys: list[str], size: int = 0
@@ -271,7 +336,9 @@ class RedisMemory(MemoryBase):
             lower = _after(reply[0])
 
     async def _read_one(self, key: str) -> bytes | str | None:
-        value: bytes | str | None = await self._io(self._client.hget(self._entries + key, "v"))
+        value: bytes | str | None = await self._io(
+            lambda client: client.hget(self._entries + key, "v")
+        )
         return value
 
     async def _read_batch(self, keys: Sequence[str]) -> list[bytes | str | None]:
@@ -309,6 +376,15 @@ class RedisMemory(MemoryBase):
         request = self._store_request(
             key, value, ttl, partition, metadata, if_absent, expected_version
         )
+        if not request.if_absent and request.expected_version is None:
+            return await self._writes.submit(request)
+        version = await self._store_one(request)
+        if not version:
+            raise request.conflict()
+        return version
+
+    async def _store_one(self, request: StoreRequest) -> int:
+        """One STORE call: the new version, or 0 if the request's condition failed."""
         item, expected = request.item, request.expected_version
         mode = "absent" if request.if_absent else ("" if expected is None else "version")
         version = await self._script(
@@ -325,9 +401,32 @@ class RedisMemory(MemoryBase):
                 self._keyspace,
             ],
         )
-        if not version:
-            raise request.conflict()
         return int(version)
+
+    async def _write_one(self, request: StoreRequest) -> int:
+        return await self._store_one(request)
+
+    async def _write_batch(self, requests: Sequence[StoreRequest]) -> list[int | BaseException]:
+        """Plain stores in one STORE_BATCH call; a request the server could not apply gets
+        its own error (as its lone STORE would have raised), the others their versions."""
+        args: list[Any] = [self._keyspace]
+        for request in requests:
+            args += [
+                request.item.key,
+                request.item.value_json,
+                request.partition,
+                request.metadata_json,
+                ttl_millis(request.ttl),
+            ]
+        replies = await self._script(self._store_batch, [self._idx, self._kp], args)
+        outcomes: list[int | BaseException] = []
+        for reply in replies:
+            if isinstance(reply, int):
+                outcomes.append(reply)
+            else:
+                text = reply.decode() if isinstance(reply, bytes) else str(reply)
+                outcomes.append(self._unavailable(ResponseError(text)))
+        return outcomes
 
     async def retrieve(self, key: str, *, as_type: Any = None, default: Any = None) -> Any:
         """The live value of ``key``, validated into ``as_type`` if given; else ``default``."""
@@ -343,7 +442,9 @@ class RedisMemory(MemoryBase):
         """The live entry with partition, version, timestamps, expiry and metadata."""
         self._check_open()
         checked = self._key(key)
-        value, header = await self._io(self._client.hmget(self._entries + checked, ["v", "h"]))
+        value, header = await self._io(
+            lambda client: client.hmget(self._entries + checked, ["v", "h"])
+        )
         if value is None or header is None:
             return None
         return MemoryEntry(**_entry_fields(checked, value, header))
@@ -352,7 +453,7 @@ class RedisMemory(MemoryBase):
         """True if ``key`` has a live entry."""
         self._check_open()
         checked = self._key(key)
-        return bool(await self._io(self._client.exists(self._entries + checked)))
+        return bool(await self._io(lambda client: client.exists(self._entries + checked)))
 
     async def ttl(self, key: str) -> float | None:
         """Remaining seconds (None: no expiry), read from the server (``PTTL``).
@@ -362,7 +463,7 @@ class RedisMemory(MemoryBase):
         """
         self._check_open()
         checked = self._key(key)
-        remaining = int(await self._io(self._client.pttl(self._entries + checked)))
+        remaining = int(await self._io(lambda client: client.pttl(self._entries + checked)))
         if remaining == -2:
             raise KeyNotFoundError(f"no live entry for {checked!r}")
         return None if remaining == -1 else remaining / 1000
@@ -411,7 +512,9 @@ class RedisMemory(MemoryBase):
         upper = "(" + key_range.upper
         while True:
             members = await self._io(
-                self._client.zrangebylex(self._idx, lower, upper, start=0, num=self._batch)
+                lambda client, lower=lower: client.zrangebylex(  # type: ignore[misc]
+                    self._idx, lower, upper, start=0, num=self._batch
+                )
             )
             hits = [key for key in map(_text, members) if accept(key)]
             if await self._collect(hits, found, count):
@@ -582,7 +685,9 @@ class RedisMemory(MemoryBase):
             for name, count in zip(flat[::2], flat[1::2], strict=True):
                 label = _text(name)
                 partitions[label] = partitions.get(label, 0) + int(count)
-        info = await self._io(self._client.info("memory", "clients", "keyspace"))
+        info, node = await self._io(
+            lambda client: info_for_key(client, self._idx, "memory", "clients", "keyspace")
+        )
         return {
             "backend": self.backend_name,
             "namespace": self.namespace,
@@ -598,6 +703,8 @@ class RedisMemory(MemoryBase):
             "memory_peak_human": info.get("used_memory_peak_human"),
             "connected_clients": int(info["connected_clients"]),
             "keyspace_info": {name: data for name, data in info.items() if name.startswith("db")},
+            "server": node,
+            "cluster": isinstance(self.client, RedisCluster),
         }
 
     async def cleanup_expired(self) -> int:
@@ -615,10 +722,10 @@ class RedisMemory(MemoryBase):
             return
         self._closed = True
         await self._reads.drain()
-        if self._pool is not None:
+        await self._writes.drain()
+        if self._connector is not None:
             try:
-                await self._client.aclose()
-                await self._pool.aclose()
+                await self._connector.aclose()
             except _DRIVER_ERRORS as exc:  # pragma: no cover - closing sockets rarely fails
                 logger.debug("closing the Redis pool failed: %s", type(exc).__name__)
 

@@ -37,6 +37,8 @@ __all__ = [
     "SCAN_PAGE",
     "STATS_PAGE",
     "STORE",
+    "STORE_BATCH",
+    "STORE_BATCH_FIELDS",
     "STORE_MANY",
     "VALUES",
 ]
@@ -157,6 +159,77 @@ redis.call('HSET', entry, 'v', value,
 if old or expires ~= '' then set_expiry(entry, expires) end
 index(KEYS[2], KEYS[3], ARGV[8], key, ARGV[3])
 return version
+"""
+)
+
+#: Arguments per request in :data:`STORE_BATCH`.
+STORE_BATCH_FIELDS = 5
+
+#: Concurrent plain stores (no condition) coalesced into one call, applied in order, each with
+#: its own reply. KEYS: idx, kp. ARGV: base, then per request key, value, partition, metadata,
+#: ttl_ms. Returns per request its new version (an integer) or the error text (a string) of the
+#: request that could not be applied.
+#:
+#: A single store fails on the server only where a key it must write holds another type
+#: (``WRONGTYPE``): its entry or a partition set it joins or leaves. Those reads run first, under
+#: ``pcall``, and a request that would fail is skipped (with that error) instead of aborting the
+#: script halfway; the shared index keys are read with ``call`` first, so their failure fails the
+#: whole batch before any write, as it would fail each store alone. Duplicates of one key apply
+#: in request order, each reading the entry the previous one wrote.
+STORE_BATCH = (
+    _WRITE
+    + _HELPERS
+    + r"""
+local base, n = ARGV[1], 5
+local count = (#ARGV - 1) / n
+redis.call('ZCARD', KEYS[1])
+redis.call('HLEN', KEYS[2])
+local function failure(reply)
+  if type(reply) == 'table' and reply.err then return reply.err end
+  return nil
+end
+local sets, bad = {}, {}
+local function set_error(name)
+  local set = base .. 'p:' .. name
+  if sets[set] == nil then sets[set] = failure(redis.pcall('SCARD', set)) or false end
+  return sets[set]
+end
+for i = 1, count do
+  local at = 1 + (i - 1) * n
+  local key = ARGV[at + 1]
+  local err = failure(redis.pcall('HGET', base .. 'e:' .. key, 'h')) or set_error(ARGV[at + 3])
+  if not err then
+    local was = redis.call('HGET', KEYS[2], key)
+    if was then err = set_error(was) end
+  end
+  if err then bad[i] = err end
+end
+local now = now_us()
+local now_text = fmt(now)
+local out = {}
+for i = 1, count do
+  if bad[i] then
+    out[i] = bad[i]
+  else
+    local at = 1 + (i - 1) * n
+    local key, value, partition = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+    local entry = base .. 'e:' .. key
+    local old = redis.call('HGET', entry, 'h')
+    local version, created = 1, now_text
+    if old then
+      local v, c = fields(old)
+      version, created = tonumber(v) + 1, c
+    end
+    local expires = expiry(now, ARGV[at + 5])
+    redis.call('HSET', entry, 'v', value, 'h',
+               header(fmt(version), created, now_text, expires, #key + #value, partition,
+                      ARGV[at + 4]))
+    if old or expires ~= '' then set_expiry(entry, expires) end
+    index(KEYS[1], KEYS[2], base, key, partition)
+    out[i] = version
+  end
+end
+return out
 """
 )
 

@@ -56,15 +56,24 @@ database errors are raised exactly as :class:`PostgresMemory` raises them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import suppress
 from typing import Any, TypeVar
 
-import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 
 from lionagi_qe import codec
 from lionagi_qe.backends.base import MemoryBase
 from lionagi_qe.backends.protocol import DEFAULT_SCAN_BATCH, ScannedEntry
+from lionagi_qe.backends.redis_support import Client, make_cluster
 from lionagi_qe.backends.sql import PostgresMemory
 from lionagi_qe.cache import scripts
 from lionagi_qe.cache.breaker import BreakerState, CircuitBreaker
@@ -115,9 +124,12 @@ class CachedMemory(MemoryBase):
             the commit; a memory joined to a caller's ``AsyncSession`` is refused.
         redis_url: the Redis to cache in; the memory owns the client and pool it builds
             (closed by :meth:`close`). Give this or ``client``.
-        client: a ``redis.asyncio.Redis`` owned by the caller (not closed here); its own
-            timeouts and retries apply inside the per-operation cap.
-        prefix: every Redis key this tier writes starts with it.
+        client: a ``redis.asyncio.Redis`` or ``RedisCluster`` owned by the caller (not closed
+            here); its own timeouts and retries apply inside the per-operation cap.
+        cluster: ``True``: ``redis_url`` names a node of a Redis Cluster; ``False``: a single
+            server; ``None`` (default): the first Redis call asks the server (``INFO cluster``).
+        prefix: every Redis key this tier writes starts with it (on a cluster, followed by a
+            hash tag made from it unless it holds one, so that the tier's keys share a slot).
         cache_ttl: the longest life of a cache record, in seconds.
         socket_timeout: seconds to wait for a Redis reply.
         socket_connect_timeout: seconds to wait for a Redis connection. Every Redis operation
@@ -137,7 +149,8 @@ class CachedMemory(MemoryBase):
         database: PostgresMemory,
         *,
         redis_url: str | None = None,
-        client: redis.Redis | None = None,
+        client: Client | None = None,
+        cluster: bool | None = None,
         prefix: str = "lionagi-cache:",
         cache_ttl: float = 300.0,
         socket_timeout: float = 0.25,
@@ -168,16 +181,34 @@ class CachedMemory(MemoryBase):
         super().__init__(namespace=database.namespace, max_value_bytes=database.max_value_bytes)
         self._database = database
         self._prefix = prefix
+        if cluster is not None and not isinstance(cluster, bool):
+            raise InvalidArgumentError("cluster must be True, False or None")
         self._owns_client = client is None
+        factory: Callable[[], RedisCluster] | None = None
         if client is None:
             assert redis_url is not None
-            client = build_client(
-                redis_url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout,
-                max_connections=max_connections,
-            )
-        self._client = client
+            url = redis_url
+
+            def build_cluster() -> RedisCluster:
+                return make_cluster(
+                    url=url,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=socket_connect_timeout,
+                    max_connections=max_connections,
+                )
+
+            factory = build_cluster
+            if cluster:
+                client = build_cluster()
+            else:
+                client = build_client(
+                    redis_url,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=socket_connect_timeout,
+                    max_connections=max_connections,
+                )
+        self._client = client  # as built or given (a detected cluster replaces it in the tier)
+        pool = getattr(client, "connection_pool", None)
         self._tier = CacheTier(
             client,
             prefix=prefix,
@@ -188,7 +219,10 @@ class CachedMemory(MemoryBase):
             lease_ttl=_positive("lease_ttl", lease_ttl),
             max_in_flight=max_connections
             if self._owns_client
-            else getattr(client.connection_pool, "max_connections", None) or max_connections,
+            else getattr(pool, "max_connections", None) or max_connections,
+            # Found out at the first call, unless told (``cluster``) or given a client.
+            cluster_client=factory if cluster is None else None,
+            owns_client=self._owns_client,
         )
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -223,20 +257,29 @@ class CachedMemory(MemoryBase):
         self._tier.counts["database_reads"] += 1
         return await read_rows(self._database, keys)
 
-    async def _after_write(self, keys: Sequence[str], write: Awaitable[T]) -> T:
-        """Await a database write, then invalidate ``keys`` (also when the outcome is unknown)."""
+    async def _after_write(self, keys: Sequence[str], write: Coroutine[Any, Any, T]) -> T:
+        """Run a database write, then invalidate ``keys`` (also when the outcome is unknown).
+
+        The write runs as a task of its own, and a caller cancelled meanwhile is held until the
+        write has finished and its invalidation is done, then gets its ``CancelledError``.
+        Cancelling the statement instead (the driver drops the connection) leaves it running
+        on the server, where it may commit *after* the caller's next write of the same key: a
+        store would then return and a read serve the older value (the storm bug). Waiting is
+        bounded by the write's own limits (pool and statement timeouts).
+        """
+        task = asyncio.get_running_loop().create_task(write)
         try:
-            result = await write
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await _outlive(task)
+            if task.cancelled() or not isinstance(task.exception(), _NOTHING_WRITTEN):
+                await _outlive(self._spawn(self._tier.invalidate(keys)))
+            raise
         except _NOTHING_WRITTEN:
             raise
         except Exception:
             # The commit may have happened before the error (a lost acknowledgement).
             await self._invalidate(keys)
-            raise
-        except BaseException:
-            # Cancelled mid-write: the commit may have happened. Invalidate in the background
-            # rather than hold up the cancellation.
-            self._spawn(self._tier.invalidate(keys))
             raise
         await self._invalidate(keys)
         return result
@@ -453,7 +496,7 @@ class CachedMemory(MemoryBase):
             await asyncio.gather(*self._background, return_exceptions=True)
         try:
             if self._owns_client:
-                await self._client.aclose()
+                await self._tier.client.aclose()
         except REDIS_ERRORS:
             pass  # closing a connection to a dead server cannot fail the caller
         finally:
@@ -462,6 +505,13 @@ class CachedMemory(MemoryBase):
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._tier.breaker.state.value
         return f"<CachedMemory prefix={self._prefix!r} database={self._database!r} {state}>"
+
+
+async def _outlive(task: asyncio.Task[Any]) -> None:
+    """Wait until ``task`` has finished, whatever cancellations arrive meanwhile."""
+    while not task.done():
+        with suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
 
 
 def _keys_of(items: Any) -> list[str]:

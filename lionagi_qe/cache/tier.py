@@ -18,13 +18,27 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 
-from lionagi_qe.backends.redis_support import cancellable
+from lionagi_qe.backends.redis_support import (
+    Client,
+    cancellable,
+    connection_option,
+    is_cluster,
+    keyspace,
+    set_connection_option,
+)
 from lionagi_qe.cache import scripts
 from lionagi_qe.cache.breaker import CircuitBreaker
 from lionagi_qe.cache.records import ABSENT_HIT, Hit, as_bytes, header_of, parse_hit
@@ -40,7 +54,7 @@ Rows = dict[str, SourceRow]
 Loader = Callable[[Sequence[str]], Awaitable[Rows]]
 
 #: What a Redis call can fail with; all of it means "use the database this time".
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 #: Allowance for the trip of a fill to Redis, taken off an entry's remaining time (promise b).
 _TRANSIT_ALLOWANCE_MS = 5
 #: Records looked up, filled or unlinked per Redis call (bounds how long a script holds Redis).
@@ -92,11 +106,21 @@ def build_client(
 
 
 class CacheTier:
-    """Leases, fills and invalidations on one Redis, under one key prefix."""
+    """Leases, fills and invalidations on one Redis, under one key prefix.
+
+    On a Redis Cluster every key of the tier must share one slot (a hit is one ``MGET`` of the
+    generation and the records; scripts take both): a prefix without a hash tag gets one
+    (``keyspace(prefix)``: ``lionagi-cache:{lionagi-cache}:``), so the tier lives on one master.
+    Whether the server is a cluster is told (a ``RedisCluster`` client) or found out by the
+    first call (``INFO cluster``); then ``cluster_client`` builds the cluster client, which
+    replaces the single-server one before anything else is sent. After a failover, the first
+    connection to the promoted replica finds another ``run_id`` (:data:`~.scripts.SERVER_CHECK`)
+    and bumps the generation: writes the old master acknowledged may never have reached it.
+    """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         prefix: str,
         cache_ttl: float,
@@ -105,20 +129,25 @@ class CacheTier:
         lock_wait: float,
         lease_ttl: float,
         max_in_flight: int,
+        cluster_client: Callable[[], RedisCluster] | None = None,
+        owns_client: bool = False,
     ) -> None:
-        self.client = client
+        self.client: Client = client
         self.breaker = breaker
-        self.gen_key = f"{prefix}gen"
-        self.server_key = f"{prefix}server"
-        self.record_prefix = f"{prefix}e:"
+        self._prefix = prefix
+        self._set_keys(keyspace(prefix) if isinstance(client, RedisCluster) else prefix)
+        #: Builds a cluster client if the first call finds a cluster (None: never switch).
+        self._cluster_client = cluster_client
+        self._owns_client = owns_client
+        self._decided = cluster_client is None
+        self._deciding: asyncio.Lock | None = None
         self.counts = dict.fromkeys(_COUNTERS, 0)
         self._cache_ttl_ms = max(1, int(cache_ttl * 1000))
         self._lease_ttl_ms = max(1, int(lease_ttl * 1000))
         self._op_timeout = op_timeout
         self._lock_wait = lock_wait
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._lookup_script = client.register_script(scripts.LOOKUP)
-        self._fill_script = client.register_script(scripts.FILL)
+        self._register_scripts()
         # Lease tokens are unique across processes: pid, random bytes, a counter.
         self._token_base = f"{os.getpid():x}.{os.urandom(6).hex()}."
         self._token_counter = itertools.count(1)
@@ -129,13 +158,49 @@ class CacheTier:
         #: A committed write of this process could not invalidate; the next probe must bump.
         self._dirty = False
         self._server_check_refused = False
-        # Every new connection checks which server it reached before its first command. (A
-        # caller's pool that already has a connect hook keeps it, without restart detection.)
-        connection_kwargs = client.connection_pool.connection_kwargs
-        if connection_kwargs.get("redis_connect_func") is None:
-            connection_kwargs["redis_connect_func"] = self._on_connect
+        self._hook_connections()
+
+    def _set_keys(self, start: str) -> None:
+        self.gen_key = f"{start}gen"
+        self.server_key = f"{start}server"
+        self.record_prefix = f"{start}e:"
+
+    def _register_scripts(self) -> None:
+        self._lookup_script = self.client.register_script(scripts.LOOKUP)
+        self._fill_script = self.client.register_script(scripts.FILL)
+
+    def _hook_connections(self) -> None:
+        """Every new connection checks which server it reached before its first command. (A
+        caller's client that already has a connect hook keeps it, without restart detection.)"""
+        if connection_option(self.client, "redis_connect_func") is None:
+            set_connection_option(self.client, "redis_connect_func", self._on_connect)
         else:
             logger.warning("the Redis client has a connect hook of its own; no restart detection")
+
+    async def _resolve(self) -> None:
+        """Find out (once) whether the server is a cluster; switch to a cluster client if so.
+
+        Runs inside a guarded call (its failure is the call's). Concurrent first calls wait for
+        one answer.
+        """
+        if self._deciding is None:
+            self._deciding = asyncio.Lock()
+        async with self._deciding:
+            if self._decided:
+                return
+            plain = self.client
+            assert isinstance(plain, redis.Redis) and self._cluster_client is not None
+            if await is_cluster(plain):
+                cluster = self._cluster_client()
+                self.client = cluster
+                self._set_keys(keyspace(self._prefix))
+                self._register_scripts()
+                self._hook_connections()
+                # Load the slot map before concurrent commands (see RedisConnector).
+                await cluster.initialize()
+                if self._owns_client:
+                    await plain.aclose()
+            self._decided = True
 
     async def _on_connect(self, connection: AbstractConnection) -> None:
         """Connect hook: the usual handshake, then :data:`~.scripts.SERVER_CHECK`.
@@ -149,7 +214,13 @@ class CacheTier:
                 "EVAL", scripts.SERVER_CHECK, 2, self.server_key, self.gen_key
             )
             changed = await connection.read_response()
+        except AskError:  # MOVED or ASK: a cluster node that does not hold the tier's slot
+            return
         except ResponseError as exc:  # e.g. an ACL that forbids INFO: the cache still works
+            if isinstance(exc, ClusterCrossSlotError):
+                # The single-server client asking whether the server is a cluster: the keys
+                # are not hash-tagged yet. The cluster client's connections check again.
+                return
             if not self._server_check_refused:
                 self._server_check_refused = True
                 logger.warning("Redis refused the server check (%s); no restart detection", exc)
@@ -171,6 +242,8 @@ class CacheTier:
         """Run one Redis operation under the cap; any failure becomes :class:`CacheDown`."""
         try:
             async with asyncio.timeout(self._op_timeout), self._slots:
+                if not self._decided:
+                    await cancellable(self._resolve())
                 # redis-py may swallow a cancellation (see redis_support.cancellable).
                 result = await cancellable(operation())
         except REDIS_ERRORS as exc:
@@ -221,6 +294,8 @@ class CacheTier:
             bump = self._dirty
             try:
                 async with asyncio.timeout(self._op_timeout), self._slots:
+                    if not self._decided:
+                        await self._resolve()
                     if bump:
                         await self.client.incr(self.gen_key)
                     else:
@@ -384,7 +459,12 @@ class CacheTier:
             try:
                 (reply,) = await self._lookup([key], mode, token, take_over)
             except BaseException as exc:
-                self._flights.pop(token, None)
+                # The lookup may have taken the lease before failing or being cancelled, and a
+                # reader of this process may already await our flight: release it, or it waits
+                # forever (it loads by itself on _FAILED).
+                flight = self._flights.pop(token, None)
+                if flight is not None and not flight.done():
+                    flight.set_result(_FAILED)
                 if isinstance(exc, CacheDown):
                     return (await load([key])).get(key)
                 raise

@@ -26,10 +26,11 @@ async def test_store_result_layout_and_partition(memory: Any) -> None:
 
 async def test_store_result_ttl(memory: Any) -> None:
     agent = AgentMemory(memory, "a1")
-    await agent.store_result("short", "x", ttl=0.3)
+    await memory.exists("aqe/a1/warm-up")  # connect first: a loaded machine, a cluster to find
+    await agent.store_result("short", "x", ttl=0.6)
     ttl = await memory.ttl("aqe/a1/short")
-    assert ttl is not None and 0 < ttl <= 0.3
-    await asyncio.sleep(0.45)
+    assert ttl is not None and 0 < ttl <= 0.6
+    await asyncio.sleep(0.75)
     assert await agent.get_memory("short", default="gone") == "gone"
 
 
