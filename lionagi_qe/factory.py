@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from lionagi_qe.backends.protocol import MemoryBackend
 from lionagi_qe.backends.redis import RedisMemory
 from lionagi_qe.backends.sql import PostgresMemory
@@ -21,6 +23,7 @@ def open_memory(
     redis_url: str | None = None,
     *,
     settings: Settings | None = None,
+    replicas: Sequence[str] | None = None,
 ) -> MemoryBackend:
     """Build the backend the URLs ask for; with none, the one ``Settings`` describes.
 
@@ -31,13 +34,21 @@ def open_memory(
     Explicit arguments win over ``Settings``: ``open_memory(db_url)`` builds exactly that
     backend even when ``AQE_REDIS_URL`` is set. Nothing connects here: the backend connects on
     first use, once.
+
+    ``replicas`` (PostgreSQL streaming replicas of the database) default to
+    ``Settings.database_replicas`` only when the database URL is the one ``Settings`` names:
+    replicas of one database must never serve reads of another.
     """
     config = settings or Settings()
     if database_url is None and redis_url is None:
         database_url, redis_url = config.database_url, config.redis_url
+    if replicas is None and database_url == config.database_url:
+        replicas = config.database_replicas
     if database_url is None:
         raise InvalidArgumentError("give a database URL (a Redis URL alone goes first)")
     if _is_redis(database_url):
+        if replicas:
+            raise InvalidArgumentError("read replicas are for a PostgreSQL database URL")
         if redis_url is not None:
             raise InvalidArgumentError("two Redis URLs: put the database URL first")
         # The cache's 0.25 s socket timeout is not used here: as a store, Redis may run a
@@ -49,9 +60,15 @@ def open_memory(
             max_connections=config.pool_size,
             pool_timeout=config.pool_timeout,
             socket_connect_timeout=config.redis_socket_connect_timeout,
+            cluster=config.redis_cluster,
         )
     sql = PostgresMemory(
         database_url,
+        replicas=list(replicas) if replicas else None,
+        replica_max_lag=config.replica_max_lag,
+        replica_wait=config.replica_wait,
+        replica_retry_after=config.replica_retry_after,
+        replica_connect_timeout=config.replica_connect_timeout,
         namespace=config.namespace,
         max_value_bytes=config.max_value_bytes,
         pool_size=config.pool_size,
@@ -68,5 +85,6 @@ def open_memory(
             cache_ttl=config.cache_ttl,
             socket_timeout=config.redis_socket_timeout,
             socket_connect_timeout=config.redis_socket_connect_timeout,
+            cluster=config.redis_cluster,
         )
     return sql

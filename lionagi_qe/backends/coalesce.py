@@ -8,8 +8,14 @@ parse/plan) is paid once per batch.
 
 A batch returns one outcome per request, a result or an exception; an exception raised by the
 batch as a whole is handed to each of its callers. A caller that is cancelled while waiting is
-dropped from its batch if the batch has not started; once started, the batch runs to completion
-for the others and the cancelled caller's outcome is discarded.
+dropped from its batch if the batch has not started. Once started, the batch runs to completion
+for the others, and the cancelled caller's ``CancelledError`` is held back until the batch has
+finished: its request may still be applied, and a caller that goes on (a retry, the next call of
+a worker loop, an invalidation after a cancelled write) must come after it. Returning at once
+let a cancelled store that was still waiting for a pool connection commit *after* the same
+caller's next store of that key, so a store returned and a read then saw the older value. The
+wait is bounded by the batch itself (pool timeout, statement timeout); a caller cancelled again
+meanwhile still waits, then gets one ``CancelledError``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from lionagi_qe.backends.settle import outlive
 
 __all__ = ["Coalescer"]
 
@@ -44,6 +52,8 @@ class Coalescer(Generic[R, T]):
         self._inflight = 0
         self._waiting: list[tuple[R, asyncio.Future[T]]] = []
         self._batches: set[asyncio.Task[None]] = set()
+        #: Future of a waiting request -> the batch task that took it (until that batch ends).
+        self._taken: dict[asyncio.Future[T], asyncio.Task[None]] = {}
 
     async def submit(self, request: R) -> T:
         """Run ``request`` now if there is room, else in the next batch; return its result."""
@@ -57,7 +67,13 @@ class Coalescer(Generic[R, T]):
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiting.append((request, future))
         self._start_batches()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            batch = self._taken.get(future)
+            if batch is not None:
+                await outlive(batch)
+            raise
 
     def _start_batches(self) -> None:
         while self._waiting and self._inflight < self._max_inflight:
@@ -70,6 +86,8 @@ class Coalescer(Generic[R, T]):
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
+            for _, future in batch:
+                self._taken[future] = task
 
     async def _run(self, batch: list[tuple[R, asyncio.Future[T]]]) -> None:
         outcomes: Sequence[T | BaseException]
@@ -85,6 +103,8 @@ class Coalescer(Generic[R, T]):
                 raise
         finally:
             self._inflight -= 1
+            for _, future in batch:
+                self._taken.pop(future, None)
         self._settle(batch, outcomes)
         self._start_batches()
 

@@ -3,6 +3,12 @@
 Hot paths are single Core statements built once (compiled-cache friendly) and run on an
 autocommit connection: one round trip per call, no BEGIN/COMMIT around a statement that is
 atomic on its own. Multi-statement operations run in one transaction.
+
+With read replicas (``replicas=[…]``, PostgreSQL only), ``search``, ``list_keys``, ``scan`` and
+``get_stats`` may be answered by a streaming replica; every other call, point reads included,
+goes to the primary (see :mod:`lionagi_qe.db.replicas`). Point reads stay there because agents
+use them to coordinate (read a version, then compare-and-set) and so must see other processes'
+latest writes, not only their own. Without replicas the hot paths are unchanged.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
@@ -21,13 +27,16 @@ from lionagi_qe import codec
 from lionagi_qe.backends.base import DEFAULT_MAX_VALUE_BYTES, KeyRange, MemoryBase
 from lionagi_qe.backends.coalesce import Coalescer
 from lionagi_qe.backends.protocol import DEFAULT_SCAN_BATCH, ScannedEntry, scan_batch_size
+from lionagi_qe.backends.settle import finish_then_cancel
 from lionagi_qe.db.direct import DirectRunner, supports_direct
 from lionagi_qe.db.engine import create_engine
 from lionagi_qe.db.manager import Database
+from lionagi_qe.db.replicas import Replica, ReplicaRouter
 from lionagi_qe.db.translate import FOREIGN_KEY_VIOLATION, SCHEMA_HINT, sqlstate_of, translate
 from lionagi_qe.entry import MemoryEntry
 from lionagi_qe.errors import (
     BackendUnavailableError,
+    InvalidArgumentError,
     KeyNotFoundError,
     PersistenceError,
     SchemaMissingError,
@@ -57,6 +66,11 @@ class PostgresMemory(MemoryBase):
             store sets itself up) and False for PostgreSQL, where a missing schema raises
             :class:`SchemaMissingError` naming ``lionagi-qe db upgrade``.
         cleanup_batch_size: rows ``cleanup_expired`` deletes per statement.
+        replicas: URLs of streaming replicas of the database (PostgreSQL; the memory must be
+            built from a URL or an engine, and owns the replica engines). A memory built from a
+            :class:`DatabaseManager` uses that manager's replicas instead.
+        replica_max_lag, replica_wait, replica_retry_after, replica_connect_timeout: the
+            routing bounds (see :class:`~lionagi_qe.db.replicas.ReplicaRouter`).
         pool_size: pool size when the memory creates its own engine from a URL.
     """
 
@@ -72,9 +86,16 @@ class PostgresMemory(MemoryBase):
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         auto_migrate: bool | None = None,
         cleanup_batch_size: int = 1000,
+        replicas: Sequence[str] | None = None,
+        replica_max_lag: float = 5.0,
+        replica_wait: float = 0.0,
+        replica_retry_after: float = 5.0,
+        replica_connect_timeout: float = 2.0,
         **engine_options: Any,
     ) -> None:
         super().__init__(namespace=namespace, max_value_bytes=max_value_bytes)
+        if isinstance(replicas, str):
+            raise InvalidArgumentError("replicas must be a list of URLs, not one string")
         self._owned_engine: AsyncEngine | None = None
         self._engine: AsyncEngine | None = None
         self._session_factory: async_sessionmaker[AsyncSession] | None = None
@@ -91,6 +112,25 @@ class PostgresMemory(MemoryBase):
             self._session = db_manager
         else:
             raise TypeError(f"cannot build PostgresMemory from {type(db_manager).__name__}")
+        #: Routes stale-ok reads to replicas; None without replicas.
+        self._router: ReplicaRouter | None = None
+        self._owned_router: ReplicaRouter | None = None
+        if isinstance(db_manager, Database) and db_manager.replicas is not None:
+            if replicas:
+                raise InvalidArgumentError("give replicas to the DatabaseManager or here, not both")
+            self._router = db_manager.replicas
+        elif replicas:
+            if self._engine is None:
+                raise InvalidArgumentError("replicas need a memory built from a URL or an engine")
+            self._router = self._owned_router = ReplicaRouter(
+                self._engine,
+                list(replicas),
+                max_lag=replica_max_lag,
+                wait=replica_wait,
+                retry_after=replica_retry_after,
+                connect_timeout=replica_connect_timeout,
+                **engine_options,
+            )
         bind = self._bind_engine()
         self.dialect = bind.dialect.name if bind is not None else "postgresql"
         if self.dialect == "sqlite":
@@ -141,6 +181,11 @@ class PostgresMemory(MemoryBase):
         return 0 if self._direct is None else self._direct.held
 
     @property
+    def replicas(self) -> ReplicaRouter | None:
+        """The read router (replicas, their state and read counts); None without replicas."""
+        return self._router
+
+    @property
     def engine(self) -> AsyncEngine | None:
         """The engine this memory runs on (None when built on a session)."""
         return self._engine
@@ -179,29 +224,70 @@ class PostgresMemory(MemoryBase):
         self._check_open()
         if not self._ready:
             await self._initialize()
-        if self._direct is not None and not self._direct.observed():
-            if atomic:
-                async with self._direct.transaction() as bound:
-                    yield MemoryRepository(bound, self.dialect)
-            else:
-                yield MemoryRepository(self._direct, self.dialect)
-            return
         try:
-            if self._autocommit is not None and self._engine is not None:
-                if atomic or (write and self.dialect == "sqlite"):
-                    async with self._engine.begin() as conn:
-                        yield MemoryRepository(conn, self.dialect)
+            if self._direct is not None and not self._direct.observed():
+                if atomic:
+                    async with self._direct.transaction() as bound:
+                        yield MemoryRepository(bound, self.dialect)
                 else:
-                    source = self._engine if self.dialect == "sqlite" else self._autocommit
-                    async with source.connect() as conn:
-                        yield MemoryRepository(conn, self.dialect)
-            elif self._session_factory is not None:
-                async with self._session_factory() as session, session.begin():
-                    yield MemoryRepository(session, self.dialect)
-            else:
-                assert self._session is not None
-                async with self._session_lock:
-                    yield MemoryRepository(self._session, self.dialect)
+                    yield MemoryRepository(self._direct, self.dialect)
+                return
+            try:
+                if self._autocommit is not None and self._engine is not None:
+                    if atomic or (write and self.dialect == "sqlite"):
+                        async with self._engine.begin() as conn:
+                            yield MemoryRepository(conn, self.dialect)
+                    else:
+                        source = self._engine if self.dialect == "sqlite" else self._autocommit
+                        async with source.connect() as conn:
+                            yield MemoryRepository(conn, self.dialect)
+                elif self._session_factory is not None:
+                    async with self._session_factory() as session, session.begin():
+                        yield MemoryRepository(session, self.dialect)
+                else:
+                    assert self._session is not None
+                    async with self._session_lock:
+                        yield MemoryRepository(self._session, self.dialect)
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                raise translate(exc) from exc
+        finally:
+            # After the write returned, failed or was cancelled (it may have been applied):
+            # stale-ok reads now need a replica that has replayed it.
+            if self._router is not None and (write or atomic):
+                self._router.note_write()
+
+    async def _stale_read(self, work: Callable[[MemoryRepository], Awaitable[T]]) -> T:
+        """Run the read ``work`` on a replica when the router allows, else on the primary.
+
+        A replica's failure (down, lost connection, a query cancelled by recovery) reruns the
+        read on the primary: a read may run twice, and the caller never sees a replica's error.
+        """
+        router = self._router
+        if router is not None:
+            self._check_open()
+            if not self._ready:
+                await self._initialize()
+            replica = await router.choose()
+            if replica is not None:
+                try:
+                    result = await self._on_replica(replica, work)
+                except PersistenceError as exc:
+                    router.failed(replica, exc)
+                else:
+                    router.served(replica)
+                    return result
+        async with self._repository() as repo:
+            return await work(repo)
+
+    async def _on_replica(
+        self, replica: Replica, work: Callable[[MemoryRepository], Awaitable[T]]
+    ) -> T:
+        if replica.runner is not None and not replica.runner.observed():
+            return await work(MemoryRepository(replica.runner, self.dialect))
+        try:
+            engine = replica.engine.execution_options(isolation_level="AUTOCOMMIT")
+            async with engine.connect() as conn:
+                return await work(MemoryRepository(conn, self.dialect))
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise translate(exc) from exc
 
@@ -261,13 +347,15 @@ class PostgresMemory(MemoryBase):
             request.ttl,
         )
         if request.if_absent or request.expected_version is not None:
-            version = await self._upsert(row, request.if_absent, request.expected_version)
+            version = await finish_then_cancel(
+                self._upsert(row, request.if_absent, request.expected_version)
+            )
             if version is None:
                 raise request.conflict()
             return version
         if self._writes is not None:
-            return await self._writes.submit(row)
-        return await self._write_one(row)
+            return await finish_then_cancel(self._writes.submit(row))
+        return await finish_then_cancel(self._write_one(row))
 
     async def retrieve(self, key: str, *, as_type: Any = None, default: Any = None) -> Any:
         """The live value of ``key``, validated into ``as_type`` if given; else ``default``."""
@@ -395,15 +483,21 @@ class PostgresMemory(MemoryBase):
         self._check_open()
         checked = self._key(key)
         seconds = self._required_ttl(ttl)
+        return await finish_then_cancel(self._expire(checked, seconds))
+
+    async def _expire(self, key: str, seconds: float) -> bool:
         async with self._repository(write=True) as repo:
-            return await repo.expire(checked, seconds)
+            return await repo.expire(key, seconds)
 
     async def delete(self, key: str) -> bool:
         """Delete ``key``; True if a live entry was removed."""
         self._check_open()
         checked = self._key(key)
+        return await finish_then_cancel(self._delete(checked))
+
+    async def _delete(self, key: str) -> bool:
         async with self._repository(write=True) as repo:
-            return await repo.delete(checked)
+            return await repo.delete(key)
 
     async def search(
         self, pattern: str, *, regex: bool = False, limit: int | None = None
@@ -418,30 +512,39 @@ class PostgresMemory(MemoryBase):
         count = self._limit(limit)
         if regex:
             compiled = self._regex(pattern)
-            async with self._repository() as repo:
-                keys = await repo.list_keys(
-                    self._namespace_range.lower, self._namespace_range.upper
-                )
+            namespace = self._namespace_range
+
+            async def by_regex(repo: MemoryRepository) -> tuple[list[str], dict[str, str]]:
+                keys = await repo.list_keys(namespace.lower, namespace.upper)
                 hits = [key for key in keys if compiled.search(key)]
                 if count is not None:
                     hits = hits[:count]
-                found = await repo.retrieve_many(hits) if hits else {}
+                return hits, (await repo.retrieve_many(hits) if hits else {})
+
+            hits, found = await self._stale_read(by_regex)
             return {key: codec.decode(found[key]) for key in hits if key in found}
         glob, key_range = self._glob(pattern)
         if key_range is None or count == 0:
             return {}
-        async with self._repository() as repo:
+
+        async def by_glob(repo: MemoryRepository) -> list[tuple[str, str]]:
+            assert key_range is not None
             if self.dialect == "postgresql":
-                rows = await repo.search(
-                    key_range.lower, key_range.upper, glob.posix_regex, "regex", count
+                return list(
+                    await repo.search(
+                        key_range.lower, key_range.upper, glob.posix_regex, "regex", count
+                    )
                 )
-            elif glob.sqlite_glob is not None:
-                rows = await repo.search(
-                    key_range.lower, key_range.upper, glob.sqlite_glob, "glob", count
+            if glob.sqlite_glob is not None:
+                return list(
+                    await repo.search(
+                        key_range.lower, key_range.upper, glob.sqlite_glob, "glob", count
+                    )
                 )
-            else:
-                rows = await repo.search(key_range.lower, key_range.upper, None, None, None)
-                rows = [row for row in rows if glob.matches(row[0])][: count or None]
+            rows = await repo.search(key_range.lower, key_range.upper, None, None, None)
+            return [row for row in rows if glob.matches(row[0])][: count or None]
+
+        rows = await self._stale_read(by_glob)
         return {key: codec.decode(value_json) for key, value_json in rows}
 
     async def list_keys(self, prefix: str | None = None) -> list[str]:
@@ -450,8 +553,11 @@ class PostgresMemory(MemoryBase):
         key_range = self._list_range(prefix)
         if key_range is None:
             return []
-        async with self._repository() as repo:
+
+        async def keys(repo: MemoryRepository) -> list[str]:
             return await repo.list_keys(key_range.lower, key_range.upper)
+
+        return await self._stale_read(keys)
 
     def scan(
         self, prefix: str | None = None, *, batch_size: int = DEFAULT_SCAN_BATCH
@@ -473,8 +579,11 @@ class PostgresMemory(MemoryBase):
             return
         after: str | None = None
         while True:
-            async with self._repository() as repo:
-                rows = await repo.scan_page(key_range.lower, key_range.upper, after, size)
+
+            async def page(repo: MemoryRepository, after: str | None = after) -> list[EntryRow]:
+                return list(await repo.scan_page(key_range.lower, key_range.upper, after, size))
+
+            rows = await self._stale_read(page)
             read_at = time.monotonic()
             for row in rows:
                 yield ScannedEntry(
@@ -505,7 +614,7 @@ class PostgresMemory(MemoryBase):
         async def write(repo: MemoryRepository) -> None:
             await repo.store_many(rows, partition=label, ttl=seconds)
 
-        await self._with_partition(label, write, atomic=True)
+        await finish_then_cancel(self._with_partition(label, write, atomic=True))
         return len(rows)
 
     async def retrieve_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -535,24 +644,28 @@ class PostgresMemory(MemoryBase):
         amount = self._delta(delta)
         seconds = self._ttl(ttl)
         initial = self._encode(amount)
-        async with self._repository(write=True) as repo:
-            result = await repo.increment(
-                checked,
-                amount,
-                ttl=seconds,
-                initial_json=initial,
-                size_bytes=len(checked) + len(initial),
-            )
+        result = await finish_then_cancel(self._increment(checked, amount, seconds, initial))
         if result is None:
             raise SerializationError(
                 f"{checked!r} holds a value that is not a number, or the sum leaves 64 bits"
             )
         return self._as_number(codec.decode(result[0]))
 
+    async def _increment(
+        self, key: str, amount: int | float, seconds: float | None, initial: str
+    ) -> tuple[str, int] | None:
+        async with self._repository(write=True) as repo:
+            return await repo.increment(
+                key, amount, ttl=seconds, initial_json=initial, size_bytes=len(key) + len(initial)
+            )
+
     async def clear_partition(self, partition: str) -> int:
         """Delete every entry labelled ``partition``; return how many live ones went."""
         self._check_open()
         label = self._partition(partition)
+        return await finish_then_cancel(self._clear_partition(label))
+
+    async def _clear_partition(self, label: str) -> int:
         key_range = self._namespace_range
         async with self._repository(atomic=True) as repo:
             return await repo.clear_partition(label, key_range.lower, key_range.upper)
@@ -561,15 +674,21 @@ class PostgresMemory(MemoryBase):
         """Counts of live and expired entries, live counts per partition and sizes."""
         self._check_open()
         key_range = self._namespace_range
-        async with self._repository() as repo:
-            stats = await repo.stats(key_range.lower, key_range.upper)
+
+        async def counts(repo: MemoryRepository) -> dict[str, Any]:
+            return await repo.stats(key_range.lower, key_range.upper)
+
+        stats = await self._stale_read(counts)
         size = stats["size_bytes"]
-        return {
+        result = {
             "backend": self.backend_name,
             "namespace": self.namespace,
             **stats,
             "size_mb": round(size / (1024 * 1024), 6),
         }
+        if self._router is not None:
+            result["replication"] = self._router.stats()
+        return result
 
     async def cleanup_expired(self) -> int:
         """Delete expired entries in batches of ``cleanup_batch_size``; return how many."""
@@ -595,6 +714,9 @@ class PostgresMemory(MemoryBase):
                 await coalescer.drain()
         if self._direct is not None:
             self._direct.release()
+        router, self._owned_router = self._owned_router, None
+        if router is not None:
+            await router.close()
         engine, self._owned_engine = self._owned_engine, None
         if engine is not None:
             await engine.dispose()

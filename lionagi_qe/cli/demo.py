@@ -78,6 +78,7 @@ def open_stores(
         cache_ttl=settings.cache_ttl,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_connect_timeout,
+        cluster=settings.redis_cluster,
     )
     return database, cached
 

@@ -19,6 +19,16 @@ def _include_name(name: str | None, type_: str, _parent: Any) -> bool:
     return True
 
 
+def _include_object(
+    obj: Any, _name: str | None, type_: str, reflected: bool, _compare_to: Any
+) -> bool:
+    # PostgreSQL clones a foreign key that refers to a partitioned table once per partition
+    # (rewards -> trajectories_p0, _p1, ...); only the one on the parent table is ours.
+    if type_ == "foreign_key_constraint" and reflected:
+        return bool(obj.referred_table.name in Base.metadata.tables)
+    return True
+
+
 def comparison_options(connection: Connection) -> dict[str, Any]:
     """Options for a MigrationContext that compares our models with ``connection``."""
     return {
@@ -26,6 +36,7 @@ def comparison_options(connection: Connection) -> dict[str, Any]:
         "compare_type": True,
         "compare_server_default": False,
         "include_name": _include_name,
+        "include_object": _include_object,
         "render_as_batch": connection.dialect.name == "sqlite",
     }
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,11 +14,18 @@ from lionagi_qe.db.translate import FOREIGN_KEY_VIOLATION, sqlstate_of, translat
 from lionagi_qe.errors import InvalidArgumentError, PersistenceError
 from lionagi_qe.keys import validate_ttl
 
-__all__ = ["DEFAULT_RETENTION", "LearningStore"]
+__all__ = ["DEFAULT_PARTITION_ROWS", "DEFAULT_RETENTION", "LearningStore", "check_stale_ok"]
+
+T = TypeVar("T")
 
 #: Thirty days, in seconds: how long a Q-value lives after its last use, and a trajectory step
 #: after it was stored (the original kept both for thirty days).
 DEFAULT_RETENTION = 30 * 86400.0
+
+#: Ids per ``trajectories`` partition (PostgreSQL). A million steps of about 200 bytes plus
+#: four indexes is roughly 0.4 GB: small enough to drop in milliseconds, few enough that a
+#: query which cannot prune partitions (newest steps of an agent type) probes a handful.
+DEFAULT_PARTITION_ROWS = 1_000_000
 
 _SUBJECTS = {
     "agent_type": "agent type {!r}",
@@ -54,6 +61,19 @@ def translate_learning(exc: BaseException, refs: dict[str, Any]) -> PersistenceE
     return translate(exc)
 
 
+def check_stale_ok(value: object) -> bool:
+    """``stale_ok`` as given: a bool, nothing else (a truthy string is a bug, not a yes)."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentError("stale_ok must be True or False")
+    return value
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{what} must be an int >= 1")
+    return value
+
+
 class LearningStore(Database):
     """A :class:`Database` with the learning store's settings and connection handling.
 
@@ -63,6 +83,10 @@ class LearningStore(Database):
         trajectory_retention: seconds a trajectory step lives after it is stored; None keeps
             steps for ever. Default thirty days.
         cleanup_batch_size: rows :meth:`cleanup_expired_data` deletes per statement.
+        trajectory_partition_rows: ids per ``trajectories`` partition that maintenance creates
+            (PostgreSQL). Default a million.
+        trajectory_partitions_ahead: how many partitions' worth of ids above the next one
+            maintenance keeps created. Default 2.
     """
 
     def __init__(
@@ -74,17 +98,19 @@ class LearningStore(Database):
         q_value_retention: float | None = DEFAULT_RETENTION,
         trajectory_retention: float | None = DEFAULT_RETENTION,
         cleanup_batch_size: int = 1000,
+        trajectory_partition_rows: int = DEFAULT_PARTITION_ROWS,
+        trajectory_partitions_ahead: int = 2,
         **engine_options: Any,
     ) -> None:
         self.q_value_retention = validate_ttl(q_value_retention)
         self.trajectory_retention = validate_ttl(trajectory_retention)
-        if (
-            isinstance(cleanup_batch_size, bool)
-            or not isinstance(cleanup_batch_size, int)
-            or cleanup_batch_size < 1
-        ):
-            raise InvalidArgumentError("cleanup_batch_size must be an int >= 1")
-        self.cleanup_batch_size = cleanup_batch_size
+        self.cleanup_batch_size = _positive_int(cleanup_batch_size, "cleanup_batch_size")
+        self.trajectory_partition_rows = _positive_int(
+            trajectory_partition_rows, "trajectory_partition_rows"
+        )
+        self.trajectory_partitions_ahead = _positive_int(
+            trajectory_partitions_ahead, "trajectory_partitions_ahead"
+        )
         super().__init__(database_url, min_connections, max_connections, **engine_options)
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
@@ -111,3 +137,20 @@ class LearningStore(Database):
                     yield conn
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise translate_learning(exc, refs) from exc
+
+    async def _read_only(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, stale_ok: bool
+    ) -> T:
+        """Run ``work``, which only reads (``select()`` statements), and return its result.
+
+        ``stale_ok`` with replicas configured: :meth:`Database.read` picks the server (a
+        replica when one is fresh enough and past this store's own writes, else the primary,
+        also when the replica fails mid-read, so ``work`` may run twice). Otherwise the primary
+        answers through :meth:`_bind`, as every other read does: on SQLite that avoids the
+        two extra driver hops an autocommit connection costs, and errors are translated the
+        same way on both paths.
+        """
+        if stale_ok and self.replicas is not None:
+            return await self.read(work, stale_ok=True)
+        async with self._bind(write=False) as conn:
+            return await work(conn)

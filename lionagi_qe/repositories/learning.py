@@ -6,7 +6,7 @@ Arguments arrive validated and documents arrive as JSON text;
 :class:`lionagi_qe.DatabaseManager` does validation and error translation.
 
 - :class:`QValueRepository` (``learning_q``): the TD update in one statement, upserts, reads
-  that refresh expiry, cleanup.
+  that refresh expiry, read-only peeks (for stale-ok reads on replicas), cleanup.
 - :class:`SessionRepository`, :class:`TrajectoryRepository`, :class:`RewardRepository`
   (``learning_sessions``).
 - :class:`AgentTypeRepository`, :class:`AgentStateRepository`, :class:`PatternRepository`

@@ -1,4 +1,4 @@
-"""Q-values: the TD update as one statement, upserts, reads that refresh expiry, cleanup.
+"""Q-values: the TD update as one statement, upserts, reads that refresh expiry, peeks, cleanup.
 
 The TD update is ``INSERT … ON CONFLICT … DO UPDATE`` with the arithmetic in SQL, so the
 database applies it under the row lock: concurrent updates of one state-action pair queue on
@@ -9,6 +9,14 @@ operation, so both give the same double.
 Rows whose ``expires_at`` has passed are treated as absent everywhere: reads skip them and
 writes start them afresh (value from 0, one visit, new ``created_at``), as if cleanup had
 already removed them.
+
+Two kinds of read. The normal ones (:meth:`QValueRepository.get`, ``for_state``) are
+``UPDATE … RETURNING``: using a value pushes its expiry ahead, so they write. The *peeks*
+(``peek``, ``peek_state``) are plain ``SELECT``s of the same live rows that change nothing:
+they can run on a read-only streaming replica, and, being ``select()`` constructs, they do
+not count as writes for the replica router's read-your-writes bookkeeping (``text()`` would).
+A peek orders in SQL exactly as ``for_state`` orders in Python (``action_hash`` by code
+point: ``COLLATE "C"`` on PostgreSQL, SQLite's default BINARY), so both return the same list.
 """
 
 from __future__ import annotations
@@ -115,6 +123,9 @@ class _Statements:
         self.upsert: dict[bool, Executable] = {}
         self.get: dict[bool, Executable] = {}
         self.touch_state: dict[bool, Executable] = {}
+        # Code-point order of action hashes: the order Python sorts str in, and the order a
+        # batch (sorted by key) takes row locks in.
+        action_order = _c.action_hash.collate("C") if dialect == "postgresql" else _c.action_hash
         for retain in (False, True):
             row = {
                 "agent_type": bindparam("agent_type", type_=Text()),
@@ -156,9 +167,6 @@ class _Statements:
             )
             # Lock the state's rows in action order, the order a batch (sorted by key) takes
             # them in too: two writers never wait for each other in a cycle.
-            action_order = (
-                _c.action_hash.collate("C") if dialect == "postgresql" else _c.action_hash
-            )
             rows_of_state = (
                 select(_c.id)
                 .where(
@@ -175,6 +183,19 @@ class _Statements:
                 .values(refresh)
                 .returning(_c.action_hash, _c.q_value, _c.visit_count, _c.action_data)
             )
+
+        # Read-only peeks (no expiry refresh): safe on a replica, no write for the router.
+        self.peek: Executable = select(_c.q_value).where(_by_key(), is_live(_c.expires_at))
+        state_rows = (
+            select(_c.action_hash, _c.q_value, _c.visit_count, _c.action_data)
+            .where(
+                _c.agent_type == bindparam("key_agent_type", type_=Text()),
+                _c.state_hash == bindparam("key_state_hash", type_=Text()),
+                is_live(_c.expires_at),
+            )
+            .order_by(_c.q_value.desc(), _c.visit_count.desc(), action_order)
+        )
+        self.peek_state: dict[bool, Executable] = {False: state_rows, True: state_rows.limit(1)}
 
         victims = select(_c.id).where(gone).limit(bindparam("batch", type_=Integer()))
         if dialect == "postgresql":
@@ -297,6 +318,24 @@ class QValueRepository(LearningRepository):
         # UPDATE … RETURNING has no ORDER BY (and SQLite returns rows in no promised order).
         rows.sort(key=lambda r: (-r["q_value"], -r["visit_count"], r["action_hash"]))
         return rows
+
+    async def peek(self, agent_type: str, state_hash: str, action_hash: str) -> float | None:
+        """The live Q-value, or None, read without refreshing its expiry (replica-safe)."""
+        params = {
+            "key_agent_type": agent_type,
+            "key_state_hash": state_hash,
+            "key_action_hash": action_hash,
+        }
+        value = (await self._execute(self._sql.peek, params)).scalar()
+        return None if value is None else float(value)
+
+    async def peek_state(
+        self, agent_type: str, state_hash: str, *, best_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every live action of a state (or only the best one), best first, read without
+        refreshing expiries (replica-safe). Items and order are those of :meth:`for_state`."""
+        params = {"key_agent_type": agent_type, "key_state_hash": state_hash}
+        return await self._rows(self._sql.peek_state[best_only], params, floats=("q_value",))
 
     async def delete_expired(self, batch: int) -> int:
         """Delete up to ``batch`` expired rows; return how many."""

@@ -53,10 +53,14 @@ from lionagi_qe.testing.servers import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "init_postgres_cluster",
+    "postgres_cluster_running",
     "release_throwaway",
+    "start_postgres_cluster",
     "start_throwaway",
     "start_throwaway_postgres",
     "start_throwaway_redis",
+    "stop_postgres_cluster",
     "stop_throwaway_servers",
 ]
 
@@ -73,6 +77,8 @@ class _State:
     bin_dir: str = ""
     run_as: str = ""  # OS user the server runs as; "" for this process's user
     users: list[int] = field(default_factory=list)
+    #: Further facts a kind of server records (a replica pair: the replica's URL and ports).
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class _Throwaway:
     start: Callable[[], _State]
     stop: Callable[[_State], None]
     running: Callable[[_State], bool]
-    check: Callable[[str], str | None]
+    check: Callable[[_State], str | None]
     hints: Callable[[], list[str]]
 
 
@@ -142,7 +148,13 @@ def stop_throwaway_servers(*, force: bool = False) -> None:
     if force:
         with contextlib.suppress(_StartError):
             directory = _state_dir()
-            paths += [directory / f"{kind}.json" for kind in _THROWAWAYS]
+            # The built-in kinds always (their locks are taken even with no state file); kinds
+            # registered by other modules (the replica pair) only when a state file exists.
+            paths += [
+                directory / f"{kind}.json"
+                for kind in _THROWAWAYS
+                if kind in _BUILTIN_KINDS or (directory / f"{kind}.json").exists()
+            ]
     for path in dict.fromkeys(paths):
         _release_logged(path, force=force)
 
@@ -159,6 +171,11 @@ def _start_throwaway(spec: _Throwaway) -> FoundServer:
 
 def _acquire(spec: _Throwaway) -> FoundServer:
     """Join the shared server of ``spec.kind``, starting it first if needed."""
+    return FoundServer(_acquire_state(spec).url, "throwaway")
+
+
+def _acquire_state(spec: _Throwaway) -> _State:
+    """Join the shared server of ``spec.kind`` (starting it first if needed); its state."""
     global _atexit_registered
     try:
         state_path = _state_dir() / f"{spec.kind}.json"
@@ -178,7 +195,7 @@ def _acquire(spec: _Throwaway) -> FoundServer:
             if not _atexit_registered:
                 atexit.register(stop_throwaway_servers)
                 _atexit_registered = True
-            return FoundServer(state.url, "throwaway")
+            return state
     except (OSError, subprocess.SubprocessError) as exc:
         raise _StartError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -186,7 +203,7 @@ def _acquire(spec: _Throwaway) -> FoundServer:
 def _answers(spec: _Throwaway, state: _State) -> bool:
     """Whether the recorded server answers; one that runs but is slow is waited for, not killed."""
     deadline = time.monotonic() + 20
-    while (reason := spec.check(state.url)) is not None:
+    while (reason := spec.check(state)) is not None:
         if not spec.running(state):
             return False
         if time.monotonic() > deadline:
@@ -365,6 +382,62 @@ def _scratch_dir(prefix: str, account: pwd.struct_passwd | None) -> Path:
     return base
 
 
+def init_postgres_cluster(
+    data: Path,
+    *,
+    bin_dir: Path,
+    account: pwd.struct_passwd | None,
+    settings: dict[str, str],
+) -> None:
+    """``initdb`` a trust-auth, UTF-8, C-locale cluster in ``data`` and append ``settings``."""
+    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+    _run([*initdb, "-E", "UTF8", "--locale=C", "--no-sync"], account=account, cwd=data.parent)
+    with (data / "postgresql.conf").open("a") as conf:
+        conf.write("\n# lionagi_qe throwaway test server\n")
+        conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+
+
+def start_postgres_cluster(
+    data: Path, log: Path, *, bin_dir: Path, account: pwd.struct_passwd | None, port: int = 0
+) -> int:
+    """Start the cluster in ``data`` on ``port`` (a free loopback port if 0); return the port.
+
+    The port goes on the command line, so a retry on another port needs no config rewrite.
+    """
+    pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log)]
+    attempts = 1 if port else _START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        chosen = port or _free_port()
+        try:
+            start = [*pg_ctl, "-w", "-t", "60", "-o", f"-p {chosen}", "start"]
+            _run(start, account=account, cwd=data.parent)
+            return chosen
+        except _StartError as exc:
+            if attempt == attempts:
+                raise _StartError(f"{exc}; its log ends: {_tail(log)}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def stop_postgres_cluster(
+    data: Path, *, bin_dir: Path, account: pwd.struct_passwd | None, mode: str = "fast"
+) -> None:
+    """Stop the cluster in ``data`` (``pg_ctl stop -m mode``); SIGQUIT if that fails."""
+    pid_file = data / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    try:
+        _run(
+            [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "30", "stop"],
+            account=account,
+            cwd=data.parent,
+        )
+    except (_StartError, subprocess.SubprocessError):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            postmaster = int(pid_file.read_text().split()[0])
+            if _runs(postmaster, "postgres"):
+                os.kill(postmaster, signal.SIGQUIT)
+
+
 def _start_postgres() -> _State:
     bin_dir = _postgres_bin_dir()
     account = _postgres_account()
@@ -377,23 +450,9 @@ def _start_postgres() -> _State:
         run_as=account.pw_name if account else "",
     )
     try:
-        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
-        _run([*initdb, "-E", "UTF8", "--locale=C", "--no-sync"], account=account, cwd=base)
         settings = {**_POSTGRES_SETTINGS, "unix_socket_directories": f"'{base}'"}
-        with (data / "postgresql.conf").open("a") as conf:
-            conf.write("\n# lionagi_qe throwaway test server\n")
-            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
-        pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log)]
-        for attempt in range(1, _START_ATTEMPTS + 1):
-            port = _free_port()
-            try:
-                # The port goes on the command line so a retry needs no config rewrite.
-                start = [*pg_ctl, "-w", "-t", "60", "-o", f"-p {port}", "start"]
-                _run(start, account=account, cwd=base)
-                break
-            except _StartError as exc:
-                if attempt == _START_ATTEMPTS:
-                    raise _StartError(f"{exc}; its log ends: {_tail(log)}") from exc
+        init_postgres_cluster(data, bin_dir=bin_dir, account=account, settings=settings)
+        port = start_postgres_cluster(data, log, bin_dir=bin_dir, account=account)
         state.url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
         reason = check_postgres(state.url)
         if reason is not None:
@@ -412,7 +471,12 @@ def _tail(log: Path) -> str:
 
 
 def _postgres_running(state: _State) -> bool:
-    pid_file = Path(state.base_dir) / "data" / "postmaster.pid"
+    return postgres_cluster_running(Path(state.base_dir) / "data")
+
+
+def postgres_cluster_running(data: Path) -> bool:
+    """Whether the postmaster of the cluster in ``data`` runs."""
+    pid_file = data / "postmaster.pid"
     try:
         return _runs(int(pid_file.read_text().split()[0]), "postgres")
     except (OSError, ValueError, IndexError):
@@ -420,22 +484,9 @@ def _postgres_running(state: _State) -> bool:
 
 
 def _stop_postgres(state: _State) -> None:
+    account = pwd.getpwnam(state.run_as) if state.run_as else None
     data = Path(state.base_dir) / "data"
-    pid_file = data / "postmaster.pid"
-    if pid_file.exists():
-        account = pwd.getpwnam(state.run_as) if state.run_as else None
-        pg_ctl = str(Path(state.bin_dir) / "pg_ctl")
-        try:
-            _run(
-                [pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"],
-                account=account,
-                cwd=Path(state.base_dir),
-            )
-        except (_StartError, subprocess.SubprocessError):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                postmaster = int(pid_file.read_text().split()[0])
-                if _runs(postmaster, "postgres"):
-                    os.kill(postmaster, signal.SIGQUIT)
+    stop_postgres_cluster(data, bin_dir=Path(state.bin_dir), account=account)
     shutil.rmtree(state.base_dir, ignore_errors=True)
 
 
@@ -509,7 +560,7 @@ _THROWAWAYS = {
         start=_start_postgres,
         stop=_stop_postgres,
         running=_postgres_running,
-        check=check_postgres,
+        check=lambda state: check_postgres(state.url),
         hints=_postgres_hints,
     ),
     "redis": _Throwaway(
@@ -518,10 +569,14 @@ _THROWAWAYS = {
         start=_start_redis,
         stop=_stop_redis,
         running=_redis_running,
-        check=check_redis,
+        check=lambda state: check_redis(state.url),
         hints=_redis_hints,
     ),
 }
+
+
+#: The kinds this module defines; :mod:`lionagi_qe.testing.replication` registers another.
+_BUILTIN_KINDS = frozenset(_THROWAWAYS)
 
 
 def start_throwaway(kind: str) -> FoundServer:

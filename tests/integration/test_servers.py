@@ -492,6 +492,9 @@ def test_stop_throwaway_servers_without_servers_is_a_no_op(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AQE_TEST_SERVERS_DIR", str(tmp_path))
+    # Servers this worker holds for other tests (the shared replica pair) are not this test's
+    # to stop: a forced stop would take them from every other worker too.
+    monkeypatch.setattr(throwaway, "_held", {})
 
     throwaway.stop_throwaway_servers(force=True)
     throwaway.release_throwaway(FoundServer("redis://127.0.0.1:1/0", "throwaway"))

@@ -225,3 +225,81 @@ def test_validation_errors_do_not_echo_urls(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ValidationError) as info:
         Settings()
     assert SECRET not in str(info.value)
+
+
+# -- read replicas -------------------------------------------------------------------------------
+
+
+def test_replicas_default_to_none() -> None:
+    settings = Settings()
+    assert settings.database_replicas == []
+    assert settings.replica_wait == 0.0
+    assert settings.replica_max_lag > 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgresql://r1/aqe,postgresql://r2/aqe",
+        " postgresql://r1/aqe , postgresql://r2/aqe ,",
+        '["postgresql://r1/aqe", "postgresql://r2/aqe"]',
+    ],
+    ids=["comma", "comma-spaces", "json"],
+)
+def test_replicas_from_the_environment(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("AQE_DATABASE_REPLICAS", raw)
+    assert Settings().database_replicas == ["postgresql://r1/aqe", "postgresql://r2/aqe"]
+
+
+def test_replica_url_with_a_comma_needs_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql://agent:a,b@r1/aqe"
+    monkeypatch.setenv("AQE_DATABASE_REPLICAS", f'["{url}"]')
+    assert Settings().database_replicas == [url]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AQE_DATABASE_REPLICAS", "[not json"),
+        ("AQE_REPLICA_MAX_LAG", "0"),
+        ("AQE_REPLICA_WAIT", "-1"),
+        ("AQE_REPLICA_RETRY_AFTER", "0"),
+    ],
+)
+def test_invalid_replica_settings(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_replica_passwords_are_masked_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AQE_DATABASE_REPLICAS", f"postgresql://agent:{SECRET}@r1/aqe,postgresql://a:{SECRET}@r2/x"
+    )
+    text = repr(Settings())
+    assert SECRET not in text
+    assert "r1/aqe" in text
+    assert "r2/x" in text
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("false", False), (None, None)])
+def test_redis_cluster_setting_reaches_the_backends(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool | None
+) -> None:
+    """AQE_REDIS_CLUSTER tells open_memory's RedisMemory and cache tier; unset, they find out."""
+    from redis.asyncio.cluster import RedisCluster
+
+    from lionagi_qe.factory import open_memory
+
+    if value is None:
+        monkeypatch.delenv("AQE_REDIS_CLUSTER", raising=False)
+    else:
+        monkeypatch.setenv("AQE_REDIS_CLUSTER", value)
+    settings = Settings()
+    assert settings.redis_cluster is expected
+    redis_memory = open_memory("redis://127.0.0.1:1/0", settings=settings)
+    cached = open_memory(
+        "sqlite+aiosqlite:///unused.db", "redis://127.0.0.1:1/0", settings=settings
+    )
+    clients = [redis_memory.client, cached._tier.client]  # type: ignore[attr-defined]
+    assert [isinstance(client, RedisCluster) for client in clients] == [bool(expected)] * 2
