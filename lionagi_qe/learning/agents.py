@@ -1,11 +1,11 @@
-"""Agent-state, pattern, agent-type and maintenance methods of the learning store."""
+"""Agent-state, pattern, agent-type and statistics methods of the learning store."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from lionagi_qe.errors import InvalidArgumentError
-from lionagi_qe.learning.store import LearningStore
+from lionagi_qe.learning.store import LearningStore, check_stale_ok
 from lionagi_qe.learning.validation import (
     check_count,
     check_document,
@@ -19,9 +19,7 @@ from lionagi_qe.repositories.learning import (
     AgentStateRepository,
     AgentTypeRepository,
     PatternRepository,
-    QValueRepository,
     StatisticsRepository,
-    TrajectoryRepository,
 )
 
 __all__ = ["AgentMethods", "agent_state_values"]
@@ -102,7 +100,7 @@ def agent_state_values(
 
 
 class AgentMethods(LearningStore):
-    """Agent instances' state, patterns, agent types, cleanup and statistics."""
+    """Agent instances' state, patterns, agent types and statistics."""
 
     async def update_agent_state(
         self,
@@ -228,32 +226,8 @@ class AgentMethods(LearningStore):
         async with self._bind(write=False) as conn:
             return await AgentTypeRepository(conn, self.dialect).all()
 
-    async def cleanup_expired_data(self) -> dict[str, int]:
-        """Delete expired Q-values and trajectory steps; return the count per table.
-
-        Deletes ``cleanup_batch_size`` rows per statement, each its own short transaction, so
-        locks stay brief and concurrent learning never waits long. Rows being used at that
-        moment are skipped (PostgreSQL ``SKIP LOCKED``), and a value refreshed by a use is no
-        longer expired, so knowledge in use is never removed.
-        """
-        deleted: dict[str, int] = {}
-        batch = self.cleanup_batch_size
-        for table, repository in (
-            ("q_values", QValueRepository),
-            ("trajectories", TrajectoryRepository),
-        ):
-            total = 0
-            while True:
-                async with self._bind() as conn:
-                    count = await repository(conn, self.dialect).delete_expired(batch)
-                total += count
-                if count < batch:
-                    break
-            deleted[table] = total
-        return deleted
-
     async def get_learning_statistics(
-        self, agent_type: str | None = None, hours: float | None = None
+        self, agent_type: str | None = None, hours: float | None = None, *, stale_ok: bool = False
     ) -> dict[str, Any]:
         """Statistics computed from the learning tables (all agent types, or one).
 
@@ -266,8 +240,12 @@ class AgentMethods(LearningStore):
         (instances, total_episodes, total_actions, successful_actions, success_rate,
         total_reward). Counts are ints, everything else floats; an average of nothing is None.
         ``hours`` limits trajectories, rewards and sessions to the last ``hours``.
+        ``stale_ok=True`` lets a read replica answer (figures up to ``replica_max_lag``
+        seconds old, never older than this store's own writes); it is one ``SELECT`` anyway.
         """
         checked_type = check_optional_name(agent_type, "agent_type")
         window = None if hours is None else check_positive(hours, "hours")
-        async with self._bind(write=False) as conn:
-            return await StatisticsRepository(conn, self.dialect).stats(checked_type, window)
+        return await self._read_only(
+            lambda conn: StatisticsRepository(conn, self.dialect).stats(checked_type, window),
+            stale_ok=check_stale_ok(stale_ok),
+        )

@@ -31,6 +31,7 @@ from lionagi_qe.models.base import Base, JSONDocument
 
 __all__ = [
     "QE_AGENT_TYPES",
+    "TRAJECTORY_PARTITIONING",
     "AgentState",
     "AgentType",
     "LearningSession",
@@ -129,8 +130,19 @@ class QValue(Base):
     )
 
 
+#: How ``trajectories`` is partitioned on PostgreSQL (migration 0005): by ranges of ``id``, which
+#: is its whole primary key, so the key and ``rewards.trajectory_id``'s foreign key stay valid.
+#: SQLite ignores it (a plain table).
+TRAJECTORY_PARTITIONING = "RANGE (id)"
+
+
 class Trajectory(Base):
-    """One recorded step: state, action, reward, next state."""
+    """One recorded step: state, action, reward, next state.
+
+    On PostgreSQL the table is partitioned by ranges of ids (:data:`TRAJECTORY_PARTITIONING`):
+    ids grow with time, so each partition holds one span of history, and retention drops a
+    partition whose steps have all expired instead of deleting its rows one by one.
+    """
 
     __tablename__ = "trajectories"
 
@@ -159,6 +171,15 @@ class Trajectory(Base):
         Index("ix_trajectories_agent_type_created_at", "agent_type", "created_at"),
         Index("ix_trajectories_session_id", "session_id"),
         Index("ix_trajectories_expires_at", "expires_at"),
+        # The newest steps of one agent instance (revision 0005): without it, an instance with
+        # few steps meant walking its agent type's whole history.
+        Index(
+            "ix_trajectories_agent_type_agent_instance_id_created_at",
+            "agent_type",
+            "agent_instance_id",
+            "created_at",
+        ),
+        {"postgresql_partition_by": TRAJECTORY_PARTITIONING},
     )
 
 
@@ -193,6 +214,9 @@ class Reward(Base):
         # row would cost a scan of the whole rewards table.
         Index("ix_rewards_trajectory_id", "trajectory_id"),
         Index("ix_rewards_session_id", "session_id"),
+        # get_rewards(agent_type) is newest first: without it, every reward of the agent type
+        # was sorted (revision 0005).
+        Index("ix_rewards_agent_type_created_at", "agent_type", "created_at"),
     )
 
 
