@@ -120,7 +120,7 @@ def aqe_database_url(
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def aqe_engine(aqe_database_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine on the worker's migrated database."""
-    engine = create_engine(aqe_database_url, pool_size=20, max_overflow=10)
+    engine = create_engine(aqe_database_url, pool_size=5, max_overflow=5)
     try:
         yield engine
     finally:

@@ -15,6 +15,11 @@ protocol exchange shows up as a wrong answer or an error. Afterwards:
 - the stores still answer every key correctly.
 
 Runs on the shared server in the worker's own database (cancellation needs no private server).
+The storm's pools are small and fixed (:data:`POOLS`: 12 server sessions in all) and the peak
+of its sessions in ``pg_stat_activity`` is asserted: the whole suite runs on two workers beside
+other connection-hungry tests (the soak) against servers with ``max_connections = 100``, and
+200 tasks queueing on a few connections still get cancelled at checkout, mid-query and
+mid-transaction (every connection is busy at every cancellation moment).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from pg_activity import SessionPeak
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -67,6 +73,10 @@ SQL_OPS = (
     "q_batch",
 )
 CACHED_OPS = ("cached_read", "cached_write")
+#: Server sessions per engine of the storm: the memories' engine, the queue's, the learning
+#: store's. Their sum is the storm's whole budget of PostgreSQL connections.
+POOLS = {"memory": 6, "queue": 3, "learning": 3}
+BUDGET = sum(POOLS.values())
 
 
 def _where(task: asyncio.Task[Any]) -> list[str]:
@@ -89,6 +99,7 @@ class Fleet:
     queue: WorkQueue
     queue_engine: AsyncEngine
     run: str
+    url: str
     fixed: dict[str, Any]
     cached_fixed: dict[str, Any]
     payloads: dict[str, Any]
@@ -103,8 +114,15 @@ class Fleet:
         }
 
 
-def _engine(url: str) -> AsyncEngine:
-    engine = create_engine(url, pool_size=20, max_overflow=0, pool_timeout=20)
+def _tag(run: str, role: str) -> dict[str, Any]:
+    """Engine options tagging every session with ``application_name`` ``aqe-storm-{run}-…``."""
+    return {"connect_args": {"server_settings": {"application_name": f"aqe-storm-{run}-{role}"}}}
+
+
+def _engine(url: str, run: str, role: str) -> AsyncEngine:
+    engine = create_engine(
+        url, pool_size=POOLS[role], max_overflow=0, pool_timeout=20, **_tag(run, role)
+    )
     install_liveness_check(engine)
     return engine
 
@@ -112,9 +130,15 @@ def _engine(url: str) -> AsyncEngine:
 @pytest_asyncio.fixture(loop_scope="session")
 async def fleet(aqe_database_url: str, aqe_redis_url: str) -> AsyncIterator[Fleet]:
     run = uuid.uuid4().hex[:8]
-    memory_engine = _engine(aqe_database_url)
-    queue_engine = _engine(aqe_database_url)
-    db = DatabaseManager(aqe_database_url, min_connections=0, max_connections=10)
+    memory_engine = _engine(aqe_database_url, run, "memory")
+    queue_engine = _engine(aqe_database_url, run, "queue")
+    db = DatabaseManager(
+        aqe_database_url,
+        min_connections=0,
+        max_connections=POOLS["learning"],
+        pool_timeout=20,
+        **_tag(run, "learning"),
+    )
     install_liveness_check(db.engine)
     memory = PostgresMemory(memory_engine)
     cached_db = PostgresMemory(memory_engine)
@@ -138,6 +162,7 @@ async def fleet(aqe_database_url: str, aqe_redis_url: str) -> AsyncIterator[Flee
         queue=queue,
         queue_engine=queue_engine,
         run=run,
+        url=aqe_database_url,
         fixed=fixed,
         cached_fixed=cached_fixed,
         payloads=payloads,
@@ -318,30 +343,38 @@ async def _server_state(engine: AsyncEngine) -> dict[str, int]:
     }
 
 
+async def _round(workers: list[Worker], rng: random.Random, round_: int) -> None:
+    """Start every worker, cancel each at a random moment, check each ended by cancellation."""
+    tasks = [asyncio.create_task(worker.loop()) for worker in workers]
+
+    async def cancel_later(task: asyncio.Task[None]) -> None:
+        await asyncio.sleep(rng.uniform(0.01, 0.6))
+        task.cancel()
+
+    await asyncio.gather(*(cancel_later(task) for task in tasks))
+    _, stuck = await asyncio.wait(tasks, timeout=STUCK_AFTER)
+    assert not stuck, (
+        f"round {round_}: {len(stuck)} cancelled tasks never finished, in "
+        f"{Counter(' > '.join(_where(task)[1:3]) for task in stuck)}, e.g. "
+        f"{[_where(t) for t in stuck if 'Worker.burst_retrieve' not in _where(t)][:4]}"
+    )
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    wrong = [o for o in outcomes if not isinstance(o, asyncio.CancelledError)]
+    assert not wrong, f"round {round_}: {[repr(o) for o in wrong[:5]]}"
+
+
 async def _storm(fleet: Fleet, ops: tuple[str, ...]) -> None:
     rng = random.Random(20261124)
     workers = [Worker(fleet, i, random.Random(rng.random())) for i in range(TASKS)]
     for worker in workers:
         worker.ops = [op for op in worker.ops if op.__name__ in ops]
     cancelled = 0
-    for round_ in range(ROUNDS):
-        tasks = [asyncio.create_task(worker.loop()) for worker in workers]
-
-        async def cancel_later(task: asyncio.Task[None]) -> None:
-            await asyncio.sleep(rng.uniform(0.01, 0.6))
-            task.cancel()
-
-        await asyncio.gather(*(cancel_later(task) for task in tasks))
-        _, stuck = await asyncio.wait(tasks, timeout=STUCK_AFTER)
-        assert not stuck, (
-            f"round {round_}: {len(stuck)} cancelled tasks never finished, in "
-            f"{Counter(' > '.join(_where(task)[1:3]) for task in stuck)}, e.g. "
-            f"{[_where(t) for t in stuck if 'Worker.burst_retrieve' not in _where(t)][:4]}"
-        )
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        wrong = [o for o in outcomes if not isinstance(o, asyncio.CancelledError)]
-        assert not wrong, f"round {round_}: {[repr(o) for o in wrong[:5]]}"
-        cancelled += len(outcomes)
+    async with SessionPeak(fleet.url, f"aqe-storm-{fleet.run}-") as sessions:
+        for round_ in range(ROUNDS):
+            await _round(workers, rng, round_)
+            cancelled += len(workers)
+    print(f"storm sessions: peak {sessions.peak} of {BUDGET} over {sessions.samples} samples")
+    assert 0 < sessions.peak <= BUDGET, f"{sessions.peak} sessions, budget {BUDGET}"
 
     calls = sum(worker.calls for worker in workers)
     leaked = await _settled(lambda: asyncio.sleep(0, fleet.leaked()), lambda v: not any(v.values()))
