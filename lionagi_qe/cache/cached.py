@@ -74,6 +74,7 @@ from lionagi_qe import codec
 from lionagi_qe.backends.base import MemoryBase
 from lionagi_qe.backends.protocol import DEFAULT_SCAN_BATCH, ScannedEntry
 from lionagi_qe.backends.redis_support import Client, make_cluster
+from lionagi_qe.backends.settle import outlive
 from lionagi_qe.backends.sql import PostgresMemory
 from lionagi_qe.cache import scripts
 from lionagi_qe.cache.breaker import BreakerState, CircuitBreaker
@@ -271,9 +272,9 @@ class CachedMemory(MemoryBase):
         try:
             result = await asyncio.shield(task)
         except asyncio.CancelledError:
-            await _outlive(task)
+            await outlive(task)
             if task.cancelled() or not isinstance(task.exception(), _NOTHING_WRITTEN):
-                await _outlive(self._spawn(self._tier.invalidate(keys)))
+                await outlive(self._spawn(self._tier.invalidate(keys)))
             raise
         except _NOTHING_WRITTEN:
             raise
@@ -505,13 +506,6 @@ class CachedMemory(MemoryBase):
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._tier.breaker.state.value
         return f"<CachedMemory prefix={self._prefix!r} database={self._database!r} {state}>"
-
-
-async def _outlive(task: asyncio.Task[Any]) -> None:
-    """Wait until ``task`` has finished, whatever cancellations arrive meanwhile."""
-    while not task.done():
-        with suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
 
 
 def _keys_of(items: Any) -> list[str]:
