@@ -713,7 +713,7 @@ class PostgresMemory(MemoryBase):
             if coalescer is not None:
                 await coalescer.drain()
         if self._direct is not None:
-            self._direct.release()
+            await self._direct.release()
         router, self._owned_router = self._owned_router, None
         if router is not None:
             await router.close()

@@ -47,9 +47,10 @@ from sqlalchemy import Executable
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import greenlet_spawn
 
 from lionagi_qe.db.translate import translate
 from lionagi_qe.errors import BackendUnavailableError, PersistenceError
@@ -187,7 +188,7 @@ class DirectRunner:
                     return kept
                 kept.invalidate()
             else:
-                kept.close()
+                await self._checkin(kept)
         # A pooled connection the server closed while it sat idle (a restart, an idle
         # timeout, pg_terminate_backend) is known closed before anything is sent on it:
         # replace it, so the statement is sent exactly once, on a live connection.
@@ -204,12 +205,28 @@ class DirectRunner:
             fairy.invalidate()
         raise BackendUnavailableError("database unavailable: every pooled connection was closed")
 
-    def _release(self, fairy: PoolProxiedConnection) -> None:
+    async def _release(self, fairy: PoolProxiedConnection) -> None:
         if self._kept is None:
             self._kept = fairy
             self._kept_used = time.monotonic()
         else:
+            await self._checkin(fairy)
+
+    async def _checkin(self, fairy: PoolProxiedConnection) -> None:
+        """Return ``fairy`` to the pool.
+
+        Usually a plain queue put. But a pool holding more than its ``pool_size`` (overflow)
+        answers a checkin by closing the connection, and SQLAlchemy's asyncpg adapter can only
+        await that close inside a greenlet: called from plain asyncio code it fails
+        (``MissingGreenlet``, logged by the pool) and the server session stays open, forgotten
+        by the pool — a leak that filled a 100-connection server under 20 concurrent agents.
+        So such checkins go through ``greenlet_spawn``; the common one costs nothing extra.
+        """
+        pool = self._engine.pool
+        if isinstance(pool, QueuePool) and pool.overflow() <= 0:
             fairy.close()
+        else:
+            await greenlet_spawn(fairy.close)
 
     @property
     def held(self) -> int:
@@ -223,11 +240,11 @@ class DirectRunner:
         dispatch = sync.dispatch
         return bool(sync.echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Hand the kept connection back to the pool (before the engine is disposed)."""
         kept, self._kept = self._kept, None
         if kept is not None:
-            kept.close()
+            await self._checkin(kept)
 
     async def execute(
         self, statement: Executable, params: Mapping[str, Any] | None = None
@@ -294,7 +311,7 @@ class DirectRunner:
             raise
         finally:
             if healthy and not connection.is_in_transaction():
-                self._release(fairy)
+                await self._release(fairy)
             else:
                 # Cancelled or broken mid-statement: its protocol state is unknown.
                 fairy.invalidate()

@@ -418,13 +418,13 @@ class ReplicaRouter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._primary_runner is not None:
-            self._primary_runner.release()
+            await self._primary_runner.release()
         for target, name, hook in self._hooks:
             with contextlib.suppress(Exception):
                 event.remove(target, name, hook)
         for replica in self.replicas:
             if replica.runner is not None:
-                replica.runner.release()
+                await replica.runner.release()
             await replica.engine.dispose()
 
     def __repr__(self) -> str:

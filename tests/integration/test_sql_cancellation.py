@@ -12,9 +12,10 @@ import asyncio
 
 import asyncpg
 import pytest
-from pg_activity import dsn
+from pg_activity import app_args, app_name, backends, dsn
 
 from lionagi_qe.backends.sql import PostgresMemory
+from lionagi_qe.db.engine import create_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -68,3 +69,34 @@ async def test_a_cancelled_write_settles_before_the_caller_goes_on(
         await admin.close()
         await memory.delete(key)
         await memory.close()
+
+
+async def test_overflow_connections_are_closed_not_leaked(aqe_database_url: str) -> None:
+    """A pool above its ``pool_size`` closes the connections handed back to it; on the direct
+    path that close must really happen (it needs a greenlet), or the server sessions stay open
+    and forgotten until the server runs out of connections."""
+    app = app_name()
+    engine = create_engine(
+        aqe_database_url, pool_size=1, max_overflow=10, pool_timeout=20, **app_args(app)
+    )
+    memory = PostgresMemory(engine)
+    other = PostgresMemory(engine)  # a second memory: its calls need connections of their own
+    try:
+        for round_ in range(5):
+            await asyncio.gather(
+                *(m.store(f"aqe/overflow/{n}", round_) for m in (memory, other) for n in range(8)),
+                *(m.retrieve(f"aqe/overflow/{n}") for m in (memory, other) for n in range(8)),
+            )
+        # Beyond pool_size (1) and the two memories' kept connections, nothing stays open.
+        assert engine.pool.overflow() <= 2  # type: ignore[attr-defined]
+        limit = 1 + 2 + 1  # the pool's one, the two kept ones, the one counting
+        for _ in range(200):  # sessions end asynchronously after a close
+            count = await backends(engine, app)
+            if count <= limit:
+                break
+            await asyncio.sleep(0.05)
+        assert count <= limit, f"{count} server sessions for a pool of 1 (+2 kept)"
+    finally:
+        await memory.close()
+        await other.close()
+        await engine.dispose()
