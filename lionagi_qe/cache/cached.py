@@ -60,7 +60,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Mapping,
     Sequence,
@@ -258,23 +257,19 @@ class CachedMemory(MemoryBase):
         self._tier.counts["database_reads"] += 1
         return await read_rows(self._database, keys)
 
-    async def _after_write(self, keys: Sequence[str], write: Coroutine[Any, Any, T]) -> T:
-        """Run a database write, then invalidate ``keys`` (also when the outcome is unknown).
+    async def _after_write(self, keys: Sequence[str], write: Awaitable[T]) -> T:
+        """Await a database write, then invalidate ``keys`` (also when the outcome is unknown).
 
-        The write runs as a task of its own, and a caller cancelled meanwhile is held until the
-        write has finished and its invalidation is done, then gets its ``CancelledError``.
-        Cancelling the statement instead (the driver drops the connection) leaves it running
-        on the server, where it may commit *after* the caller's next write of the same key: a
-        store would then return and a read serve the older value (the storm bug). Waiting is
-        bounded by the write's own limits (pool and statement timeouts).
+        A cancelled caller reaches the ``except`` only once the write has settled:
+        :class:`PostgresMemory` writes finish before they let a cancellation through
+        (:mod:`lionagi_qe.backends.settle`), since a statement dropped mid-flight may still
+        commit after the caller's next write. The commit may have happened, so the caller is
+        then held until the invalidation is done too, and gets its ``CancelledError``.
         """
-        task = asyncio.get_running_loop().create_task(write)
         try:
-            result = await asyncio.shield(task)
+            result = await write
         except asyncio.CancelledError:
-            await outlive(task)
-            if task.cancelled() or not isinstance(task.exception(), _NOTHING_WRITTEN):
-                await outlive(self._spawn(self._tier.invalidate(keys)))
+            await outlive(self._spawn(self._tier.invalidate(keys)))
             raise
         except _NOTHING_WRITTEN:
             raise
